@@ -1,0 +1,69 @@
+"""Shared fixtures: a home for every driver that can run here.
+
+Each driver may provide ``tests/backends/<name>.py`` with a context manager
+``backend(tmp_path)`` that prepares what the driver needs (a btrfs loop
+filesystem, a thin pool, ...) and yields ``(home, options)``, or calls
+``pytest.skip`` with the reason the machine cannot run it. Drivers without such
+a module get a plain temporary directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import graphdrivers  # noqa: E402
+
+
+def _backend(name: str):
+    try:
+        module = importlib.import_module(f"backends.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"backends.{name}":
+            raise
+        return None
+    return module.backend
+
+
+def driver_names() -> list[str]:
+    only = os.environ.get("GRAPHDRIVERS_TEST_DRIVERS")
+    names = graphdrivers.available()
+    return [n for n in names if not only or n in only.split(",")]
+
+
+@contextlib.contextmanager
+def driver_home(name: str, tmp_path: Path):
+    """Yield (home, options) for driver ``name``, skipping when the machine cannot run it."""
+    backend = _backend(name)
+    if backend is None:
+        yield tmp_path / "home", {}
+        return
+    with backend(tmp_path) as prepared:
+        yield prepared
+
+
+@pytest.fixture(params=driver_names())
+def driver_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def home_and_options(driver_name, tmp_path):
+    with driver_home(driver_name, tmp_path) as prepared:
+        yield prepared
+
+
+@pytest.fixture
+def driver(driver_name, home_and_options):
+    home, options = home_and_options
+    drv = graphdrivers.load(driver_name, home, options)
+    try:
+        yield drv
+    finally:
+        drv.cleanup()
