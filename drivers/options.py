@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .errors import InvalidOption
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+# go-units: a number, one optional space, then "", "b", or a unit with optional "b"/"ib"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?) ?(?:([kmgtp])(?:i?b)?|b)?\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 _TRUE = {"1", "t", "true"}
 _FALSE = {"0", "f", "false"}
@@ -22,9 +23,9 @@ _FALSE = {"0", "f", "false"}
 def parse_size(text: str) -> int:
     """Parse a size like ``100GB``, ``2G``, ``512MiB`` or ``4096`` into bytes."""
     match = _SIZE.match(str(text))
-    if not match or (match.group(3) and match.group(3).lower() == "i"):
+    if not match:
         raise ValueError(f"{text!r} is not a size (examples: 4096, 512MiB, 2G, 100GB)")
-    number, unit = match.group(1), match.group(2).lower()
+    number, unit = match.group(1), (match.group(2) or "").lower()
     return int(float(number) * (1024 ** _POWERS[unit]))
 
 
