@@ -292,7 +292,7 @@ class PluginServer:
                  *, name: str | None = None, state_dir: str | os.PathLike | None = None):
         self.name = name or plugin_name(driver_name)
         self.socket_path = Path(socket_path) if socket_path else default_socket(self.name)
-        state = Path(state_dir) if state_dir else STATE_DIR
+        state = Path(state_dir or os.environ.get("GRAPHDRIVERS_PLUGIN_STATE") or STATE_DIR)
         self.plugin = GraphDriverPlugin(driver_name, home, options, state / f"{self.name}.json")
         self.http = UnixHTTPServer(self.socket_path, self.plugin.dispatch)
 
