@@ -1,0 +1,214 @@
+"""Changes between a snapshot and its parent in O(changes), from btrfs itself.
+
+Docker's btrfs driver walks both trees for every diff (moby#10091). Here:
+
+1. A snapshot made in transaction T starts as the parent's tree. Any inode
+   changed since, on either side, has its inode item rewritten with a
+   ``transid`` > T. The tree search ioctl with ``min_transid=T+1`` skips every
+   subtree older than that, so it visits only the leaves written since.
+2. The changed inodes' names (INODE_REF/EXTREF items, plus INO_LOOKUP for the
+   directory path) give candidate paths in each tree. Creating, renaming,
+   linking or deleting an entry rewrites the directory's inode item, and
+   putting an inode at a new name rewrites that inode's (ctime), so every
+   path whose entry changed is a candidate or sits in a candidate directory.
+3. The naive walk's own entry comparison (graphdrivers.changes) then runs on
+   the candidates and their ancestors only; directories that are neither changed nor above a
+   change are never opened.
+
+The result is exactly what the full tree walk gives (tests prove it on the
+conformance cases and on random trees). ``changes`` returns None when the
+shortcut does not apply (not a direct snapshot, nested subvolumes), and the
+driver then walks the trees.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from typing import Iterable
+
+from graphdrivers.driver import Change, ChangeKind
+
+from . import ioctl
+
+def changes(layer: str | os.PathLike, base: str | os.PathLike) -> list[Change] | None:
+    """Changes of subvolume ``layer`` against subvolume ``base`` it was snapshotted from."""
+    layer, base = os.fspath(layer), os.fspath(base)
+    lfd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    bfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        linfo, binfo = ioctl.subvol_info(lfd), ioctl.subvol_info(bfd)
+        if linfo.parent_uuid != binfo.uuid:
+            return None          # not a snapshot of base: only a tree walk can tell
+        if _has_nested(lfd, linfo.id) or _has_nested(bfd, binfo.id):
+            return None          # a nested subvolume's files live in another tree
+        # Commit first: recent writes sit in delayed items and dirty pages that
+        # the tree search cannot see yet.
+        ioctl.sync(lfd)
+        since = linfo.otransid
+        candidates: set[str] = set()
+        for fd, tree in ((lfd, linfo.id), (bfd, binfo.id)):
+            candidates.update(_paths_of(fd, tree, _changed_inodes(fd, tree, since)))
+    finally:
+        os.close(lfd)
+        os.close(bfd)
+    return compare(layer, base, candidates)
+
+
+def _has_nested(fd: int, tree: int) -> bool:
+    for _item in ioctl.tree_search(fd, ioctl.ROOT_TREE_OBJECTID, (tree, ioctl.ROOT_REF_KEY, 0),
+                                   (tree, ioctl.ROOT_REF_KEY, ioctl.U64_MAX)):
+        return True
+    return False
+
+
+def _changed_inodes(fd: int, tree: int, since: int) -> list[int]:
+    """Inodes of ``tree`` whose inode item was written after transaction ``since``."""
+    found = []
+    for item in ioctl.tree_search(fd, tree, (ioctl.FIRST_FREE_OBJECTID, 0, 0),
+                                  (ioctl.LAST_FREE_OBJECTID, 255, ioctl.U64_MAX),
+                                  min_transid=since + 1):
+        # the search returns whole leaves written since; keep inodes that changed
+        if item.type == ioctl.INODE_ITEM_KEY and struct.unpack_from("=Q", item.data, 8)[0] > since:
+            found.append(item.objectid)
+    return found
+
+
+def _paths_of(fd: int, tree: int, inodes: Iterable[int]) -> set[str]:
+    """Every name (relative path, "" for the root) of each inode in ``tree``."""
+    dirs: dict[int, str] = {}
+
+    def dir_path(ino: int) -> str:
+        if ino not in dirs:
+            dirs[ino] = "" if ino == ioctl.FIRST_FREE_OBJECTID else ioctl.ino_lookup(fd, tree, ino)
+        return dirs[ino]
+
+    paths: set[str] = set()
+    for ino in inodes:
+        if ino == ioctl.FIRST_FREE_OBJECTID:
+            paths.add("")
+            continue
+        for item in ioctl.tree_search(fd, tree, (ino, ioctl.INODE_REF_KEY, 0),
+                                      (ino, ioctl.INODE_EXTREF_KEY, ioctl.U64_MAX)):
+            data, pos = item.data, 0
+            while pos < len(data):
+                if item.type == ioctl.INODE_REF_KEY:        # index, name_len, name
+                    parent = item.offset
+                    (name_len,) = struct.unpack_from("=H", data, pos + 8)
+                    pos += 10
+                else:                                        # parent, index, name_len, name
+                    parent, _index, name_len = struct.unpack_from("=QQH", data, pos)
+                    pos += 18
+                name = os.fsdecode(data[pos:pos + name_len])
+                pos += name_len
+                paths.add(dir_path(parent) + name)
+    return paths
+
+
+# -- the comparison, on the candidates only -----------------------------------
+
+# The entry comparison is the naive walk's own, so both paths agree by construction.
+from graphdrivers.changes import _differs  # noqa: E402
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def compare(layer: str, base: str, candidates: set[str]) -> list[Change]:
+    """Docker's ChangesDirs(layer, base), looking only at ``candidates`` and their ancestors."""
+    relevant: set[str] = set()
+    for rel in candidates:
+        while rel not in relevant:
+            relevant.add(rel)
+            if not rel:
+                break
+            rel = rel.rpartition("/")[0]
+    children: dict[str, set[str]] = {}
+    for rel in relevant:
+        if rel:
+            parent, _, name = rel.rpartition("/")
+            children.setdefault(parent, set()).add(name)
+    walker = _Walker(layer, base, candidates, children)
+    out: list[Change] = []
+    root_new, root_old = os.lstat(layer), os.lstat(base)
+    walker.visit("", root_new, root_old, listed=False, out=out)
+    out.sort(key=lambda c: c.path)
+    return out
+
+
+class _Walker:
+    def __init__(self, layer: str, base: str, candidates: set[str], children: dict[str, set[str]]):
+        self.layer, self.base = layer, base
+        self.candidates, self.children = candidates, children
+
+    def _new(self, rel: str) -> str:
+        return os.path.join(self.layer, rel) if rel else self.layer
+
+    def _old(self, rel: str) -> str:
+        return os.path.join(self.base, rel) if rel else self.base
+
+    def visit(self, rel: str, new: os.stat_result, old: os.stat_result | None, *,
+              listed: bool, out: list[Change]) -> None:
+        """Docker's addChanges for entry ``rel`` (present in the layer)."""
+        start = len(out)
+        if old is None:
+            out.append(Change("/" + rel, ChangeKind.ADD))
+            listed = True
+        if stat.S_ISDIR(new.st_mode):
+            if old is None:
+                self._added_dir(rel, out)
+            elif not stat.S_ISDIR(old.st_mode):
+                # a file became a directory: every child is new
+                for name in sorted(os.listdir(self._new(rel))):
+                    self._child(rel, name, None, out)
+            elif rel in self.candidates or new.st_ino != old.st_ino:
+                self._full_compare(rel, out)
+            else:
+                # the same unchanged directory on both sides: look only towards the changes
+                for name in sorted(self.children.get(rel, ())):
+                    self._pair(rel, name, out)
+        if len(out) > start and stat.S_ISDIR(new.st_mode) and not listed and rel:
+            out.insert(start, Change("/" + rel, ChangeKind.MODIFY))
+
+    def _join(self, rel: str, name: str) -> str:
+        return f"{rel}/{name}" if rel else name
+
+    def _added_dir(self, rel: str, out: list[Change]) -> None:
+        for name in sorted(os.listdir(self._new(rel))):
+            self._child(rel, name, None, out)
+
+    def _child(self, rel: str, name: str, old: os.stat_result | None, out: list[Change]) -> None:
+        child = self._join(rel, name)
+        new = os.lstat(self._new(child))
+        self.visit(child, new, old, listed=False, out=out)
+
+    def _full_compare(self, rel: str, out: list[Change]) -> None:
+        new_names = set(os.listdir(self._new(rel)))
+        old_names = set(os.listdir(self._old(rel)))
+        wanted = self.children.get(rel, set())
+        for name in sorted(new_names):
+            if name not in old_names:
+                self._child(rel, name, None, out)
+            elif name in wanted:
+                self._pair(rel, name, out)
+            # else: same name, same unchanged inode on both sides (see module doc)
+        for name in sorted(old_names - new_names):
+            out.append(Change("/" + self._join(rel, name), ChangeKind.DELETE))
+
+    def _pair(self, rel: str, name: str, out: list[Change]) -> None:
+        child = self._join(rel, name)
+        new, old = _lstat(self._new(child)), _lstat(self._old(child))
+        if new is None:
+            if old is not None:   # only reachable when a listing raced a writer
+                out.append(Change("/" + child, ChangeKind.DELETE))
+            return
+        listed = False
+        if old is not None and (child in self.candidates or new.st_ino != old.st_ino) and \
+                _differs(new, old, os.fsencode(self._new(child)), os.fsencode(self._old(child))):
+            out.append(Change("/" + child, ChangeKind.MODIFY))
+            listed = True
+        self.visit(child, new, old, listed=listed, out=out)
