@@ -1,0 +1,1 @@
+"""overlay2: overlayfs graph driver (import graphdrivers.overlay)."""

@@ -1,0 +1,451 @@
+"""The overlay2 driver: each layer is an overlayfs upper dir, a child mounts its parents as lowers.
+
+Docker's layout (see layout.py), with what Docker left open:
+- chains up to the kernel's 500 lowers through the new mount API (``lowerdir+``),
+  mount(2) with relative ``l/<short>`` lowers in one page on older kernels;
+- mounts with redirect_dir=off and metacopy=off where the kernel has them, so
+  the upper dir stays a complete record and the native diff stays correct;
+- native ``changes`` from the upper dir, opaque directories included;
+- create and remove are atomic (build in a temp dir and rename; rename into
+  the trash first), so a crash never leaves a half layer behind.
+
+Test switches (documented in docs/ and used by tests/overlay/):
+- ``GRAPHDRIVERS_OVERLAY2_MOUNT=legacy`` or ``Overlay2Driver(..., mount_method="legacy")``
+  forces mount(2) even where the new mount API works;
+- ``GRAPHDRIVERS_OVERLAY2_NAIVE_DIFF=1`` or ``naive_diff=True`` forces the naive diff.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Mapping
+
+from graphdrivers import mount as _mount
+from graphdrivers.driver import Change, Driver
+from graphdrivers.errors import (DriverError, InvalidOption, LayerExists,
+                                 LayerInUse, LayerNotFound, NoSpace, NotSupported)
+from graphdrivers.layerid import check_id, is_valid_id
+from graphdrivers.locks import IdLocks
+try:
+    from graphdrivers.naivediff import NaiveDiff
+except ImportError:  # TEMP until the naive differ lands
+    class NaiveDiff:  # type: ignore[no-redef]
+        pass
+from graphdrivers.options import Option, format_size, parse_options, parse_size
+from graphdrivers.refcount import RefCounter
+
+from . import diff as _diff
+from . import mountapi, probe, quota
+from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name, read_lowers,
+                     read_text)
+from .whiteout import OVERLAY
+
+KERNEL_MAX_LOWERS = 500     # OVL_MAX_STACK in fs/overlayfs
+LEGACY_MAX_LOWERS = 128     # what fits one page with 26-character short names (Docker's limit)
+
+NEW_API = "new mount API (fsopen/fsconfig lowerdir+)"
+LEGACY = "mount(2) with relative lower paths"
+
+
+class DepthExceeded(DriverError):
+    """The parent chain is deeper than the overlay mount can stack."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class Overlay2Driver(NaiveDiff, Driver):
+    name = "overlay2"
+    OPTIONS = {
+        "overlay2.size": Option(parse_size, 0, "default size limit of read-write layers "
+                                               "(needs XFS with pquota)"),
+    }
+    LAYER_OPTIONS = {
+        "size": Option(parse_size, None, "size limit of this read-write layer (XFS pquota)"),
+    }
+
+    def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None, *,
+                 mount_method: str | None = None, naive_diff: bool | None = None):
+        super().__init__(home, options)
+        values = parse_options(options, self.OPTIONS)
+        self.home = Path(home)
+        self.home.mkdir(mode=0o710, parents=True, exist_ok=True)
+        self._features = probe.Features(backing_fs=probe.check_backing(self.home),
+                                        options=probe.default_mount_options())
+        self._features.d_type = probe.supports_dtype(self.home)
+        if not self._features.d_type:
+            hint = {"xfs": "reformat it with mkfs.xfs -n ftype=1",
+                    "extfs": "enable it with tune2fs -O filetype"}.get(
+                self._features.backing_fs, "use a filesystem with d_type")
+            raise NotSupported(f"overlay2 needs d_type support on the backing filesystem "
+                               f"({self._features.backing_fs}) of {self.home}: {hint}")
+        self._choose_mount_method(mount_method)
+        self._probe_mount(naive_diff)
+
+        self._quota: quota.QuotaControl | None = None
+        self._quota_reason = ""
+        self._default_size = values["overlay2.size"] or 0
+        if self._features.backing_fs == "xfs":
+            self._quota, self._quota_reason = quota.open_control(self.home)
+        else:
+            self._quota_reason = (f"the size option needs the home on XFS mounted with pquota; "
+                                  f"{self.home} is on {self._features.backing_fs}")
+        if self._default_size and self._quota is None:
+            raise InvalidOption(f"overlay2.size: {self._quota_reason}")
+
+        (self.home / LINK_DIR).mkdir(mode=0o700, exist_ok=True)
+        self._locks = IdLocks()
+        self._refs = RefCounter(self._is_mounted)
+        self._parent_of: dict[str, str | None] = {}
+        self._recover()
+
+    # -- start-up ---------------------------------------------------------
+    def _choose_mount_method(self, forced: str | None) -> None:
+        forced = forced or os.environ.get("GRAPHDRIVERS_OVERLAY2_MOUNT") or None
+        if forced not in (None, "legacy", "new"):
+            raise ValueError(f"mount_method must be 'legacy' or 'new', not {forced!r}")
+        if forced == "legacy":
+            self._new_api, self._api_reason = False, "forced by the test switch"
+        else:
+            self._new_api, self._api_reason = mountapi.supports_lowerdir_plus(self.home)
+            if forced == "new" and not self._new_api:
+                raise NotSupported(f"the new mount API cannot be used: {self._api_reason}")
+        self.max_depth = KERNEL_MAX_LOWERS if self._new_api else LEGACY_MAX_LOWERS
+
+    def _probe_mount(self, naive_diff: bool | None) -> None:
+        scratch = self.home / f".probe-{uuid.uuid4().hex[:12]}"
+        scratch.mkdir()
+        try:
+            def mount_fn(target, lowers, upper, work, readonly):
+                mountapi.in_directory(scratch, lambda: self._mount_call(
+                    target, lowers, upper, work, readonly))
+            probe.test_mount(scratch, mount_fn, self._features)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if naive_diff is None:
+            naive_diff = _env_flag("GRAPHDRIVERS_OVERLAY2_NAIVE_DIFF")
+        if naive_diff:
+            self._features.native_diff = False
+            self._features.naive_reason = "forced by the test switch"
+
+    def _recover(self) -> None:
+        """Finish what a crashed process left: temp and trash dirs, dangling links, empty merged."""
+        for entry in os.scandir(self.home):
+            if entry.name.startswith((".tmp-", ".trash-", ".probe-")) and entry.is_dir():
+                _mount.unmount_all_under(entry.path)
+                shutil.rmtree(entry.path, ignore_errors=True)
+        links = self.home / LINK_DIR
+        for entry in os.scandir(links):
+            if entry.is_symlink() and not os.path.exists(entry.path):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+        for layer in self._layer_dirs():
+            lowers = read_lowers(layer)
+            self._parent_of[layer_id_of(layer.name)] = id_of_link(self.home, lowers[0]) if lowers else None
+            merged = layer / "merged"
+            if merged.is_dir() and not self._is_mounted(str(merged)):
+                try:
+                    merged.rmdir()      # left by a process that died after its unmount
+                except OSError:
+                    pass
+            if self._quota is not None:
+                self._quota.note_existing(layer)
+
+    def _layer_dirs(self) -> list[Path]:
+        return [Path(e.path) for e in os.scandir(self.home)
+                if e.name != LINK_DIR and is_valid_id(layer_id_of(e.name))
+                and e.is_dir(follow_symlinks=False)]
+
+    # -- helpers ------------------------------------------------------------
+    @staticmethod
+    def _is_mounted(path: str) -> bool:
+        try:
+            return probe.fs_magic(path) == probe.OVERLAY_MAGIC
+        except OSError:
+            return False
+
+    def _check(self, layer_id: str, what: str = "layer id") -> str:
+        return check_id(layer_id, what)
+
+    def _path(self, layer_id: str) -> Path:
+        return self.home / dir_name(layer_id)
+
+    def _dir(self, layer_id: str) -> Path:
+        """The existing layer directory, or LayerNotFound."""
+        self._check(layer_id)
+        path = self._path(layer_id)
+        if not path.is_dir():
+            raise LayerNotFound(f"layer {layer_id!r} does not exist in {self.home}")
+        return path
+
+    def _mount_call(self, target: str, lowers: list[str], upper: str | None, work: str | None,
+                    readonly: bool, options: list[tuple[str, str | None]] | None = None) -> None:
+        fn = mountapi.mount_new_api if self._new_api else mountapi.mount_legacy
+        fn(target, lowers, upper, work, self._features.options if options is None else options,
+           readonly=readonly)
+
+    # -- layers -------------------------------------------------------------
+    def create(self, id: str, parent: str | None = None, *, rw: bool = False,
+               mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None:
+        self._check(id)
+        if parent is not None:
+            self._check(parent, "parent id")
+        size = parse_options(storage_opt, self.LAYER_OPTIONS, what="layer storage option")["size"]
+        if size is not None and not rw:
+            raise InvalidOption("the size option is only supported for read-write layers")
+        if rw and size is None and self._default_size:
+            size = self._default_size
+        if size and self._quota is None:
+            raise InvalidOption(f"size: {self._quota_reason}")
+        with self._locks.hold(id):
+            if self._path(id).exists():
+                raise LayerExists(f"layer {id!r} already exists")
+            lowers: list[str] = []
+            if parent is not None:
+                parent_dir = self._dir(parent)
+                link = read_text(parent_dir / "link")
+                lowers = [f"{LINK_DIR}/{link}"] + read_lowers(parent_dir)
+                if len(lowers) > self.max_depth:
+                    raise DepthExceeded(
+                        f"cannot create {id!r} on {parent!r}: it would stack {len(lowers)} "
+                        f"lower layers, more than the limit of {self.max_depth} "
+                        f"({NEW_API if self._new_api else LEGACY}); squash the image or "
+                        "start a new chain")
+            self._build(id, parent, lowers, size)
+            self._parent_of[id] = parent
+
+    def _build(self, layer_id: str, parent: str | None, lowers: list[str],
+               size: int | None) -> None:
+        """Make the layer in a temp dir and rename it into place: all or nothing."""
+        tmp = self.home / f".tmp-{layer_id}-{uuid.uuid4().hex[:8]}"
+        short = new_short_name()
+        link = self.home / LINK_DIR / short
+        try:
+            tmp.mkdir(mode=0o710)
+            if size:
+                try:
+                    self._quota.set_quota(tmp, size)
+                except OSError as exc:
+                    raise DriverError(f"cannot set the size limit of {layer_id!r}: "
+                                      f"{exc.strerror}") from None
+            (tmp / "diff").mkdir(mode=0o755)
+            os.chmod(tmp / "diff", 0o755)          # the layer root is 0755 whatever the umask
+            (tmp / "link").write_text(short)
+            if lowers:
+                (tmp / "work").mkdir(mode=0o700)
+                (tmp / "lower").write_text(":".join(lowers))
+                (self._path(parent) / "committed").touch()
+            os.symlink(f"../{dir_name(layer_id)}/diff", link)
+            os.rename(tmp, self._path(layer_id))
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"no space to create layer {layer_id!r} in {self.home}") from None
+            if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise LayerExists(f"layer {layer_id!r} already exists") from None
+            raise
+
+    def remove(self, id: str) -> None:
+        with self._locks.hold(self._check(id)):
+            layer = self._dir(id)
+            merged = layer / "merged"
+            held = self._refs.count(str(merged)) + self._refs.count(str(layer / "diff"))
+            if held:
+                raise LayerInUse(f"layer {id!r} is mounted ({held} reference(s)); unmount it "
+                                 "before removing it")
+            children = sorted(c for c, p in self._parent_of.items() if p == id)
+            if children:
+                raise LayerInUse(f"layer {id!r} has child layers ({', '.join(children[:5])}"
+                                 f"{', ...' if len(children) > 5 else ''}); remove them first")
+            if merged.exists():
+                self._drop_mount(merged)           # a stale mount left by a crashed process
+            trash = self.home / f".trash-{id}-{uuid.uuid4().hex[:8]}"
+            os.rename(layer, trash)                 # from here on the layer is gone
+            self._parent_of.pop(id, None)
+            short = read_text(trash / "link")
+            if short:
+                try:
+                    os.unlink(self.home / LINK_DIR / short)
+                except FileNotFoundError:
+                    pass
+            try:
+                shutil.rmtree(trash)
+            except OSError:
+                _mount.unmount_all_under(trash)
+                shutil.rmtree(trash, ignore_errors=True)
+
+    def _drop_mount(self, merged: Path) -> None:
+        try:
+            _mount.umount(merged, _mount.MNT_DETACH)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                raise
+        try:
+            merged.rmdir()
+        except FileNotFoundError:
+            pass
+
+    def mount(self, id: str, mount_label: str = "") -> Path:
+        with self._locks.hold(self._check(id)):
+            layer = self._dir(id)
+            lowers = read_lowers(layer)
+            if not lowers:                         # a base layer needs no overlay, only a count
+                self._refs.increment(str(layer / "diff"))
+                return layer / "diff"
+            merged = layer / "merged"
+            if self._refs.increment(str(merged)) > 1:
+                return merged
+            try:
+                merged.mkdir(mode=0o700, exist_ok=True)
+                readonly = (layer / "committed").exists()
+                options_extra = [("context", mount_label)] if mount_label else []
+                link = read_text(layer / "link")
+                if readonly:
+                    args = ([f"{LINK_DIR}/{link}"] + lowers, None, None)
+                else:
+                    args = (lowers, f"{layer.name}/diff", f"{layer.name}/work")
+                if len(args[0]) > self.max_depth:
+                    raise DepthExceeded(f"layer {id!r} stacks {len(args[0])} lower layers; "
+                                        f"this mount method takes at most {self.max_depth}")
+                options = self._features.options + options_extra
+                mountapi.in_directory(self.home, lambda: self._mount_call(
+                    f"{layer.name}/merged", args[0], args[1], args[2], readonly, options))
+            except BaseException as exc:
+                self._refs.decrement(str(merged))
+                try:
+                    merged.rmdir()
+                except OSError:
+                    pass
+                if isinstance(exc, OSError):
+                    raise DriverError(f"cannot mount layer {id!r}: {exc.strerror or exc}") \
+                        from None
+                raise
+            return merged
+
+    def unmount(self, id: str) -> None:
+        with self._locks.hold(self._check(id)):
+            layer = self._dir(id)
+            if not read_lowers(layer):
+                self._refs.decrement(str(layer / "diff"))
+                return
+            merged = layer / "merged"
+            if self._refs.decrement(str(merged)) > 0:
+                return
+            self._drop_mount(merged)
+
+    def exists(self, id: str) -> bool:
+        return is_valid_id(id) and self._path(id).is_dir()
+
+    def layers(self) -> list[str]:
+        return sorted(layer_id_of(p.name) for p in self._layer_dirs())
+
+    def parent(self, id: str) -> str | None:
+        layer = self._dir(id)
+        if id in self._parent_of:
+            return self._parent_of[id]
+        lowers = read_lowers(layer)
+        return id_of_link(self.home, lowers[0]) if lowers else None
+
+    def status(self) -> list[tuple[str, str]]:
+        f = self._features
+        rows = [
+            ("Backing Filesystem", f.backing_fs),
+            ("Supports d_type", str(f.d_type).lower()),
+            ("Native Overlay Diff", str(f.native_diff).lower()),
+        ]
+        if not f.native_diff:
+            rows.append(("Native Overlay Diff Disabled Because", f.naive_reason))
+        rows += [
+            ("Using metacopy", str(f.metacopy).lower()),
+            ("Mount Method", NEW_API if self._new_api else
+             f"{LEGACY} ({self._api_reason})"),
+            ("Max Depth", str(self.max_depth)),
+            ("Mount Options", ",".join(k if v is None else f"{k}={v}" for k, v in f.options)),
+            ("Quota", f"XFS project quota (default size {format_size(self._default_size)})"
+             if self._quota and self._default_size else
+             "XFS project quota" if self._quota else f"unavailable: {self._quota_reason}"),
+            ("Layers", str(len(self._layer_dirs()))),
+        ]
+        return rows
+
+    def metadata(self, id: str) -> dict[str, str]:
+        layer = self._dir(id)
+        meta = {"WorkDir": str(layer / "work"), "MergedDir": str(layer / "merged"),
+                "UpperDir": str(layer / "diff")}
+        lowers = read_lowers(layer)
+        if lowers:
+            meta["LowerDir"] = ":".join(os.path.realpath(self.home / lower) for lower in lowers)
+        return meta
+
+    def cleanup(self) -> None:
+        """Unmount every layer mounted under the home (ours and ones adopted from a crash)."""
+        root = str(self.home.resolve()).rstrip("/") + "/"
+        for info in _mount.mountinfo():
+            target = info.mountpoint
+            if target.startswith(root) and target.endswith("/merged"):
+                self._drop_mount(Path(target))
+        for path in self._refs.paths():
+            self._refs.forget(path)
+        if self._quota is not None:
+            self._quota.close()
+            self._quota = None
+
+    # -- diffs --------------------------------------------------------------
+    def _native(self, id: str, parent: str | None) -> bool:
+        """Whether the upper dir alone answers for ``id`` against ``parent``."""
+        if not self._features.native_diff:
+            return False
+        return parent is None or parent == self.parent(id)
+
+    def _lower_roots(self, layer: Path) -> list[str]:
+        return [str(self.home / lower) for lower in read_lowers(layer)]
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        from graphdrivers.archive import export_tree
+        layer = self._dir(id)
+        if parent is not None:
+            self._dir(parent)
+        if not self._native(id, parent):
+            return super().diff(id, parent)
+        return export_tree(layer / "diff", fmt=OVERLAY)
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        layer = self._dir(id)
+        if parent is not None:
+            self._dir(parent)
+        if not self._native(id, parent):
+            return super().changes(id, parent)
+        return _diff.native_changes(str(layer / "diff"), self._lower_roots(layer))
+
+    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
+        from graphdrivers.archive import apply_tar
+        layer = self._dir(id)
+        if parent is not None:
+            self._dir(parent)
+        if not self._native(id, parent):
+            return super().apply_diff(id, parent, diff)
+        try:
+            return apply_tar(layer / "diff", diff, fmt=OVERLAY)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"layer {id!r} ran out of space while applying a diff "
+                              f"({exc.strerror})") from None
+            raise
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        layer = self._dir(id)
+        if parent is not None:
+            self._dir(parent)
+        if not self._native(id, parent):
+            return super().diff_size(id, parent)
+        return _diff.upper_size(str(layer / "diff"))
