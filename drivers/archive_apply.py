@@ -1,0 +1,475 @@
+"""Unpacking a layer tar into a directory, safely and in constant memory.
+
+Safety: every path is resolved component by component from a file descriptor
+on the layer root, with O_NOFOLLOW|O_DIRECTORY, so nothing the tar creates
+can make a later entry land outside the root. ``..`` and absolute names are
+refused. A symlink met as a *parent* component is followed only when its
+target is relative and stays inside the root (resolved lexically, as a chroot
+would); hard link targets may not go through symlinks at all. The final
+component is never followed: an existing entry is removed and recreated.
+
+Speed: the stream is read in 1 MiB blocks into one reusable buffer and file
+data is written straight from it; headers are parsed by hand.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from typing import BinaryIO
+
+from . import archive_format as tf
+from .archive_format import BLOCK, ZERO_BLOCK, Entry, HeaderError
+from .archive_whiteout import PLAIN, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, WhiteoutFormat
+from .errors import CorruptArchive, DriverError, NoSpace
+
+BUFSIZE = 1 << 20
+MAX_META = 16 << 20          # largest PAX / GNU long-name data we hold in memory
+MAX_SYMLINK_HOPS = 40
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REGULAR = {tf.REG, tf.AREG, tf.CONT}
+_NODES = {tf.CHR: stat.S_IFCHR, tf.BLK: stat.S_IFBLK, tf.FIFO: stat.S_IFIFO}
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _Input:
+    """Buffered reader over the tar stream with one reusable 1 MiB buffer."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.buf = bytearray(BUFSIZE)
+        self.view = memoryview(self.buf)
+        self.pos = self.end = 0
+        self._readinto = getattr(stream, "readinto", None)
+
+    def _read_more(self) -> int:
+        """Read into buf[end:]; return bytes added (0 at end of stream)."""
+        if self._readinto is not None:
+            n = self._readinto(self.view[self.end:])
+            if n is None:
+                raise DriverError("the tar stream is non-blocking and had no data")
+        else:
+            data = self.stream.read(len(self.buf) - self.end)
+            n = len(data)
+            self.buf[self.end:self.end + n] = data
+        self.end += n
+        return n
+
+    def take(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (n <= MAX_META)."""
+        if self.end - self.pos >= n:
+            out = bytes(self.view[self.pos:self.pos + n])
+            self.pos += n
+            return out
+        parts = [bytes(self.view[self.pos:self.end])]
+        have = self.end - self.pos
+        self.pos = self.end = 0
+        while have < n:
+            if not self._read_more():
+                raise _Truncated(f"stream ended {n - have} bytes early")
+            k = min(n - have, self.end - self.pos)
+            parts.append(bytes(self.view[self.pos:self.pos + k]))
+            self.pos += k
+            have += k
+        return b"".join(parts)
+
+    def at_eof(self) -> bool:
+        if self.pos < self.end:
+            return False
+        self.pos = self.end = 0
+        return self._read_more() == 0
+
+    def copy(self, fd: int, n: int) -> None:
+        """Write the next ``n`` bytes of the stream to ``fd``."""
+        while n:
+            if self.pos == self.end:
+                self.pos = self.end = 0
+                if not self._read_more():
+                    raise _Truncated(f"stream ended {n} bytes early inside file data")
+            k = min(n, self.end - self.pos)
+            chunk = self.view[self.pos:self.pos + k]
+            while chunk:
+                written = os.write(fd, chunk)
+                chunk = chunk[written:]
+            self.pos += k
+            n -= k
+
+    def skip(self, n: int) -> None:
+        while n:
+            if self.pos == self.end:
+                self.pos = self.end = 0
+                if not self._read_more():
+                    raise _Truncated(f"stream ended {n} bytes early")
+            k = min(n, self.end - self.pos)
+            self.pos += k
+            n -= k
+
+    def drain(self) -> None:
+        """Read the rest (padding after the end marker) so a sender is not cut off."""
+        self.pos = self.end = 0
+        while self._read_more():
+            self.pos = self.end = 0
+
+
+def _split(name: bytes, what: str = "entry") -> list[bytes]:
+    """Tar name -> path components, refusing anything that could leave the root."""
+    if b"\0" in name:
+        raise CorruptArchive(f"tar {what} {name!r} contains a NUL byte")
+    if name.startswith(b"/"):
+        raise CorruptArchive(f"tar {what} {os.fsdecode(name)!r} is an absolute path; "
+                             "layer tars hold relative paths only")
+    parts = [p for p in name.split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise CorruptArchive(f"tar {what} {os.fsdecode(name)!r} contains '..' and would "
+                             "write outside the layer")
+    return parts
+
+
+class _Applier:
+    def __init__(self, root: str | os.PathLike, fmt: WhiteoutFormat):
+        self.fmt = fmt
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # the chain of open directories leading to the current entry's parent:
+        # (tar component, fd, real components from the root)
+        self.stack: list[tuple[bytes, int, tuple[bytes, ...]]] = []
+        self.dirty = False
+        self.created: dict[bytes, set[str]] = {}
+        self.dir_times: list[tuple[list[bytes], int]] = []
+        self.total = 0
+        self.is_root = os.geteuid() == 0
+        self.name = ""
+
+    def close(self) -> None:
+        self._reset()
+        os.close(self.root_fd)
+
+    def _reset(self) -> None:
+        for _, fd, _ in self.stack:
+            os.close(fd)
+        self.stack.clear()
+        self.dirty = False
+
+    # -- path resolution -------------------------------------------------
+    def _note(self, real: tuple[bytes, ...], name: bytes) -> None:
+        self.created.setdefault(b"/".join(real), set()).add(os.fsdecode(name))
+
+    def _step(self, parent_fd: int, real: tuple[bytes, ...], comp: bytes, create: bool,
+              follow: bool, hops: int) -> tuple[int, tuple[bytes, ...]]:
+        """Open directory ``comp`` in ``parent_fd``; make it 0755 when missing and allowed."""
+        try:
+            return os.open(comp, _DIR_FLAGS, dir_fd=parent_fd), real + (comp,)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(comp, 0o755, dir_fd=parent_fd)
+            fd = os.open(comp, _DIR_FLAGS, dir_fd=parent_fd)
+            os.fchmod(fd, 0o755)                 # implied parents are 0755 whatever the umask
+            self._note(real, comp)
+            return fd, real + (comp,)
+        except NotADirectoryError:
+            st = os.stat(comp, dir_fd=parent_fd, follow_symlinks=False)
+            where = os.fsdecode(b"/".join(real + (comp,)))
+            if not stat.S_ISLNK(st.st_mode):
+                raise CorruptArchive(f"{self.name}: parent {where!r} is not a directory") from None
+            if not follow:
+                raise CorruptArchive(f"{self.name}: goes through the symlink {where!r}, "
+                                     "which is not allowed for hard link targets") from None
+            target = os.readlink(comp, dir_fd=parent_fd)
+            return self._follow(real, comp, target, create, hops + 1)
+
+    def _follow(self, real: tuple[bytes, ...], comp: bytes, target: bytes, create: bool,
+                hops: int) -> tuple[int, tuple[bytes, ...]]:
+        where = os.fsdecode(b"/".join(real + (comp,)))
+        if hops > MAX_SYMLINK_HOPS:
+            raise CorruptArchive(f"{self.name}: too many levels of symlinks at {where!r}")
+        if target.startswith(b"/"):
+            raise CorruptArchive(
+                f"{self.name}: would write through the symlink {where!r} -> "
+                f"{os.fsdecode(target)!r}, which points outside the layer")
+        parts = list(real)
+        for piece in target.split(b"/"):
+            if piece in (b"", b"."):
+                continue
+            if piece == b"..":
+                if not parts:
+                    raise CorruptArchive(
+                        f"{self.name}: would write through the symlink {where!r} -> "
+                        f"{os.fsdecode(target)!r}, which points outside the layer")
+                parts.pop()
+            else:
+                parts.append(piece)
+        return self._open_path(parts, create, True, hops)
+
+    def _open_path(self, parts: list[bytes], create: bool, follow: bool,
+                   hops: int = 0) -> tuple[int, tuple[bytes, ...]]:
+        """Open ``parts`` from the root without the cache; caller closes the fd."""
+        fd, real = os.dup(self.root_fd), ()
+        try:
+            for comp in parts:
+                new_fd, real = self._step(fd, real, comp, create, follow, hops)
+                os.close(fd)
+                fd = new_fd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, real
+
+    def _parent(self, parts: list[bytes]) -> tuple[int, tuple[bytes, ...]]:
+        """fd of the directory holding ``parts[-1]`` (cached along the current path)."""
+        if self.dirty:
+            self._reset()
+        stack, want = self.stack, len(parts) - 1
+        n = 0
+        while n < len(stack) and n < want and stack[n][0] == parts[n]:
+            n += 1
+        for _, fd, _ in stack[n:]:
+            os.close(fd)
+        del stack[n:]
+        for comp in parts[n:want]:
+            fd, real = (stack[-1][1], stack[-1][2]) if stack else (self.root_fd, ())
+            new_fd, new_real = self._step(fd, real, comp, True, True, 0)
+            stack.append((comp, new_fd, new_real))
+        return (stack[-1][1], stack[-1][2]) if stack else (self.root_fd, ())
+
+    # -- entries -----------------------------------------------------------
+    def _remove_existing(self, dfd: int, name: bytes, keep_dir: bool) -> bool:
+        """Remove ``name`` unless it is a directory and ``keep_dir``; True if a dir is kept."""
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return True
+            shutil.rmtree(name, dir_fd=dfd)
+        else:
+            os.unlink(name, dir_fd=dfd)
+        self.dirty = True
+        return False
+
+    def _attrs(self, dfd: int, name: bytes, e: Entry, fd: int | None, symlink: bool) -> None:
+        """Owner, then mode (so setuid survives chown), then xattrs (chown drops caps)."""
+        if self.is_root:
+            if fd is not None:
+                os.fchown(fd, e.uid, e.gid)
+            else:
+                os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
+        if not symlink:
+            if fd is not None:
+                os.fchmod(fd, e.mode)
+            else:
+                os.chmod(name, e.mode, dir_fd=dfd)   # just created by us: not a symlink
+        if e.xattrs:
+            target: int | str = fd if fd is not None else \
+                f"/proc/self/fd/{dfd}/{os.fsdecode(name)}"
+            for key, value in e.xattrs.items():
+                if not self.fmt.apply_xattr(key):
+                    continue
+                try:
+                    os.setxattr(target, key, value, follow_symlinks=fd is not None)
+                except OSError as exc:
+                    # as Docker: a backing fs without xattrs (or a user.* xattr on a
+                    # symlink) is not fatal
+                    if exc.errno not in (errno.ENOTSUP, errno.EPERM):
+                        raise
+
+    def _create(self, dfd: int, name: bytes, make) -> None:
+        """Run ``make()`` (an O_EXCL-style create); on EEXIST replace what is there."""
+        try:
+            make()
+        except FileExistsError:
+            self._remove_existing(dfd, name, keep_dir=False)
+            make()
+
+    def entry(self, e: Entry, inp: _Input) -> None:
+        typ = e.type
+        if typ == tf.AREG and e.name.endswith(b"/"):
+            typ = tf.DIR                                  # pre-POSIX directory
+        self.name = os.fsdecode(e.name)
+        parts = _split(e.name)
+        if not parts:
+            if typ != tf.DIR:
+                raise CorruptArchive(f"tar entry {self.name!r} names the layer root but is "
+                                     "not a directory")
+            self._attrs(self.root_fd, b".", e, self.root_fd, False)
+            self.dir_times.append(([], e.mtime))
+            inp.skip(e.size + tf.padding(e.size))
+            return
+        base = parts[-1]
+        if base.startswith(WH_PREFIX):
+            inp.skip(e.size + tf.padding(e.size))
+            self._whiteout(parts, base)
+            return
+        dfd, real = self._parent(parts)
+        if typ in _REGULAR:
+            self._create(dfd, base, lambda: self._file(dfd, base, e, inp))
+            self.total += e.size
+        elif typ == tf.DIR:
+            if self._mkdir(dfd, base):
+                self.dirty = True
+            self._attrs(dfd, base, e, None, False)
+            self.dir_times.append((list(real) + [base], e.mtime))
+            inp.skip(e.size + tf.padding(e.size))
+        elif typ == tf.SYM:
+            self._create(dfd, base, lambda: os.symlink(e.linkname, base, dir_fd=dfd))
+            self._attrs(dfd, base, e, None, True)
+            os.utime(base, ns=(e.mtime * 10**9,) * 2, dir_fd=dfd, follow_symlinks=False)
+            inp.skip(e.size + tf.padding(e.size))
+        elif typ == tf.LNK:
+            self._hardlink(dfd, base, e)
+            inp.skip(e.size + tf.padding(e.size))
+        elif typ in _NODES:
+            dev = os.makedev(e.devmajor, e.devminor)
+            self._create(dfd, base, lambda: os.mknod(base, _NODES[typ] | 0o600, dev, dir_fd=dfd))
+            self._attrs(dfd, base, e, None, False)
+            os.utime(base, ns=(e.mtime * 10**9,) * 2, dir_fd=dfd, follow_symlinks=False)
+            inp.skip(e.size + tf.padding(e.size))
+        else:
+            raise CorruptArchive(f"tar entry {self.name!r} has unsupported type {typ!r}")
+        self._note(real, base)
+
+    def _file(self, dfd: int, base: bytes, e: Entry, inp: _Input) -> None:
+        fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=dfd)
+        try:
+            inp.copy(fd, e.size)
+            self._attrs(dfd, base, e, fd, False)
+            os.utime(fd, ns=(e.mtime * 10**9,) * 2)
+        finally:
+            os.close(fd)
+        inp.skip(tf.padding(e.size))
+
+    def _mkdir(self, dfd: int, base: bytes) -> bool:
+        """Make directory ``base``; an existing directory is kept (merged into)."""
+        try:
+            os.mkdir(base, 0o700, dir_fd=dfd)
+            return False
+        except FileExistsError:
+            if self._remove_existing(dfd, base, keep_dir=True):
+                return False
+            os.mkdir(base, 0o700, dir_fd=dfd)
+            return True
+
+    def _hardlink(self, dfd: int, base: bytes, e: Entry) -> None:
+        target = _split(e.linkname, "hard link target")
+        if not target:
+            raise CorruptArchive(f"{self.name}: hard link to the layer root")
+        try:
+            tfd, _ = self._open_path(target[:-1], False, False)
+        except (FileNotFoundError, NotADirectoryError):
+            raise CorruptArchive(f"{self.name}: hard link target "
+                                 f"{os.fsdecode(e.linkname)!r} does not exist in the layer") from None
+        try:
+            def make() -> None:
+                os.link(target[-1], base, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False)
+            try:
+                self._create(dfd, base, make)
+            except FileNotFoundError:
+                raise CorruptArchive(f"{self.name}: hard link target "
+                                     f"{os.fsdecode(e.linkname)!r} does not exist") from None
+            except PermissionError:
+                raise CorruptArchive(f"{self.name}: cannot hard link to "
+                                     f"{os.fsdecode(e.linkname)!r} (a directory?)") from None
+        finally:
+            os.close(tfd)
+
+    def _whiteout(self, parts: list[bytes], base: bytes) -> None:
+        dfd, real = self._parent(parts)
+        key = b"/".join(real)
+        if base == WH_OPAQUE:
+            self.fmt.apply_opaque(dfd, set(self.created.get(key, ())))
+        elif base.startswith(WH_META_PREFIX):
+            return                                       # AUFS metadata: not ours to apply
+        else:
+            victim = base[len(WH_PREFIX):]
+            if victim in (b"", b".", b".."):
+                raise CorruptArchive(f"whiteout {self.name!r} names {os.fsdecode(victim)!r}, "
+                                     "which would delete outside its directory")
+            self.fmt.apply_whiteout(dfd, os.fsdecode(victim))
+            self.created.get(key, set()).discard(os.fsdecode(victim))
+        self.dirty = True
+
+    def finish(self) -> None:
+        """Directory mtimes last: creating their contents changed them."""
+        self._reset()
+        for parts, mtime in reversed(self.dir_times):
+            try:
+                fd, _ = self._open_path(parts, False, True)
+            except (OSError, CorruptArchive):
+                continue                                  # replaced or removed later on
+            try:
+                os.utime(fd, ns=(mtime * 10**9,) * 2)
+            finally:
+                os.close(fd)
+
+
+def _read_entries(inp: _Input, applier: _Applier) -> None:
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+    pax: dict[bytes, bytes] = {}
+    first = True
+    while True:
+        if first and inp.at_eof():
+            raise CorruptArchive("empty stream: not a tar archive")
+        first = False
+        try:
+            block = inp.take(BLOCK)
+        except _Truncated:
+            raise CorruptArchive("the tar stream ended without its end-of-archive marker "
+                                 "(truncated?)") from None
+        if block == ZERO_BLOCK:
+            return
+        entry = tf.decode(block)
+        if entry.type in (tf.PAX_X, tf.PAX_G, tf.GNU_LONGNAME, tf.GNU_LONGLINK):
+            if entry.size > MAX_META:
+                raise CorruptArchive(f"tar metadata entry of {entry.size} bytes is too large")
+            data = inp.take(entry.size)
+            inp.skip(tf.padding(entry.size))
+            if entry.type == tf.PAX_X:
+                pax.update(tf.parse_pax(data))
+            elif entry.type == tf.GNU_LONGNAME:
+                long_name = data.split(b"\0", 1)[0]
+            elif entry.type == tf.GNU_LONGLINK:
+                long_link = data.split(b"\0", 1)[0]
+            continue                                      # global headers are ignored
+        if long_name is not None:
+            entry.name = long_name
+        if long_link is not None:
+            entry.linkname = long_link
+        if pax:
+            tf.apply_pax(entry, pax)
+        long_name = long_link = None
+        pax = {}
+        applier.entry(entry, inp)
+
+
+def apply_tar(root: str | os.PathLike, stream: BinaryIO, *, fmt: WhiteoutFormat = PLAIN) -> int:
+    """Unpack the tar ``stream`` into ``root``; return the sum of regular-file sizes.
+
+    Raises CorruptArchive for a truncated, malformed or hostile tar (nothing is
+    ever written outside ``root``), NoSpace when the disk or quota is full.
+    """
+    applier = _Applier(root, fmt)
+    inp = _Input(stream)
+    try:
+        _read_entries(inp, applier)
+        applier.finish()
+        inp.drain()
+    except _Truncated as exc:
+        raise CorruptArchive(f"truncated tar at {applier.name!r}: {exc}") from None
+    except HeaderError as exc:
+        raise CorruptArchive(f"corrupt tar after {applier.name!r}: {exc}") from None
+    except ValueError as exc:                            # e.g. NUL bytes in a PAX linkpath
+        raise CorruptArchive(f"bad tar entry {applier.name!r}: {exc}") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"no space left while unpacking {applier.name!r} into {root}: "
+                          f"{exc.strerror}") from None
+        raise DriverError(f"unpacking {applier.name!r} into {root}: {exc}") from exc
+    finally:
+        applier.close()
+    return applier.total

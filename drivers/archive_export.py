@@ -1,0 +1,211 @@
+"""Writing layer tars: a whole tree, or the listed changes of a tree.
+
+The tar is produced lazily by a generator behind a file object, in chunks of
+about 1 MiB, so memory stays flat whatever the layer size. Entries: PAX
+format, numeric owners, mtime in whole seconds, hard links within the tar as
+links to the first path written, xattrs as SCHILY.xattr records.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from .archive_format import (BLK, CHR, DIR, FIFO, LNK, REG, SYM, ZERO_BLOCK, Entry, encode,
+                             padding)
+from .archive_stream import GeneratorStream
+from .archive_whiteout import PLAIN, WH_OPAQUE, WH_PREFIX, WhiteoutFormat
+from .driver import Change, ChangeKind
+from .errors import DriverError
+
+CHUNK = 1 << 20
+_TYPES = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM, stat.S_IFCHR: CHR,
+          stat.S_IFBLK: BLK, stat.S_IFIFO: FIFO}
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+class _Writer:
+    """State of one tar being written: the output batch and the hard link table."""
+
+    def __init__(self, fmt: WhiteoutFormat):
+        self.fmt = fmt
+        self.out = bytearray()
+        self.links: dict[tuple[int, int], bytes] = {}
+        self.open_flags = _OPEN_FLAGS | _NOATIME
+
+    def xattrs(self, path: bytes) -> dict[str, bytes]:
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.ENOENT):
+                return {}
+            raise
+        result = {}
+        for name in names:
+            if self.fmt.export_xattr(name):
+                try:
+                    result[name] = os.getxattr(path, name, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                        raise
+        return result
+
+    def whiteout(self, rel: bytes, mtime: int) -> None:
+        head, _, base = rel.rpartition(b"/")
+        name = (head + b"/" if head else b"") + WH_PREFIX + base
+        self.out += encode(Entry(name=name, type=REG, mode=0, mtime=mtime))
+
+    def add(self, path: bytes, rel: bytes, st: os.stat_result) -> Iterator[bytes]:
+        """Append the entry for ``path`` (data included); yields full batches."""
+        fmt = st.st_mode
+        typ = _TYPES.get(stat.S_IFMT(fmt))
+        if typ is None:                      # sockets and doors are not carried by tar
+            return
+        if self.fmt.export_whiteout(os.fsdecode(path), st):
+            self.whiteout(rel, st.st_mtime_ns // 1_000_000_000)
+            return
+        entry = Entry(name=rel, type=typ, mode=stat.S_IMODE(fmt), uid=st.st_uid, gid=st.st_gid,
+                      mtime=st.st_mtime_ns // 1_000_000_000, xattrs=self.xattrs(path))
+        if typ != DIR and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self.links.get(key)
+            if first is not None:
+                entry.type, entry.linkname = LNK, first
+                self.out += encode(entry)
+                return
+            self.links[key] = rel
+        if typ == SYM:
+            entry.linkname = os.readlink(path)
+        elif typ in (CHR, BLK):
+            entry.devmajor, entry.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif typ == REG:
+            yield from self._file(path, entry, st.st_size)
+            return
+        self.out += encode(entry)
+        if typ == DIR and self.fmt.export_opaque(os.fsdecode(path)):
+            self.out += encode(Entry(name=rel + b"/" + WH_OPAQUE, type=REG, mode=0,
+                                     uid=entry.uid, gid=entry.gid, mtime=entry.mtime))
+        if len(self.out) >= CHUNK:
+            yield self.flush()
+
+    def _file(self, path: bytes, entry: Entry, size: int) -> Iterator[bytes]:
+        try:
+            fd = os.open(path, self.open_flags)
+        except PermissionError:
+            if not self.open_flags & _NOATIME:
+                raise
+            self.open_flags &= ~_NOATIME     # O_NOATIME needs ownership or CAP_FOWNER
+            fd = os.open(path, self.open_flags)
+        try:
+            # the size is taken from the open file: a file that changes while we
+            # read it is cut or zero-padded to that size, so the tar stays valid
+            size = os.fstat(fd).st_size
+            entry.size = size
+            self.out += encode(entry)
+            left = size
+            if size < CHUNK:
+                while left:
+                    data = os.read(fd, left)
+                    if not data:
+                        break
+                    self.out += data
+                    left -= len(data)
+            else:
+                yield self.flush()
+                while left:
+                    data = os.read(fd, min(left, CHUNK))
+                    if not data:
+                        break
+                    yield data
+                    left -= len(data)
+        finally:
+            os.close(fd)
+        self.out += bytes(left + padding(size))
+        if len(self.out) >= CHUNK:
+            yield self.flush()
+
+    def flush(self) -> bytes:
+        data = bytes(self.out)
+        self.out.clear()
+        return data
+
+    def finish(self) -> bytes:
+        self.out += ZERO_BLOCK * 2
+        return self.flush()
+
+
+def _tree(writer: _Writer, path: bytes, rel: bytes) -> Iterator[bytes]:
+    try:
+        with os.scandir(path) as it:
+            names = sorted(e.name for e in it)
+    except FileNotFoundError:
+        return
+    for name in names:
+        child = path + b"/" + name
+        child_rel = rel + b"/" + name if rel else name
+        try:
+            st = os.lstat(child)
+        except FileNotFoundError:             # removed while we walk
+            continue
+        yield from writer.add(child, child_rel, st)
+        if stat.S_ISDIR(st.st_mode) and not writer.fmt.export_whiteout(os.fsdecode(child), st):
+            yield from _tree(writer, child, child_rel)
+
+
+def _guard(chunks: Iterator[bytes], what: str) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    except OSError as exc:
+        raise DriverError(f"{what}: {exc}") from exc
+
+
+def _tree_chunks(root: bytes, fmt: WhiteoutFormat) -> Iterator[bytes]:
+    writer = _Writer(fmt)
+    yield from _tree(writer, root, b"")
+    yield writer.finish()
+
+
+def export_tree(root: str | os.PathLike, *, fmt: WhiteoutFormat = PLAIN,
+                on_close: Callable[[], None] | None = None) -> BinaryIO:
+    """A streaming PAX tar of everything under ``root`` (the root itself excluded)."""
+    root_b = os.fsencode(root)
+    if not os.path.isdir(root_b):
+        if on_close is not None:
+            on_close()
+        raise DriverError(f"cannot export {os.fsdecode(root_b)}: not a directory")
+    chunks = _guard(_tree_chunks(root_b.rstrip(b"/") or b"/", fmt), f"export of {root}")
+    return GeneratorStream(chunks, on_close)  # type: ignore[return-value]
+
+
+def _changes_chunks(root: bytes, changes: list[Change], fmt: WhiteoutFormat) -> Iterator[bytes]:
+    writer = _Writer(fmt)
+    now = int(time.time())
+    for change in sorted(changes, key=lambda c: c.path):
+        rel = os.fsencode(change.path).strip(b"/")
+        if not rel:
+            continue
+        if change.kind == ChangeKind.DELETE:
+            writer.whiteout(rel, now)
+            continue
+        path = root + b"/" + rel
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:             # gone since the comparison
+            continue
+        yield from writer.add(path, rel, st)
+        if len(writer.out) >= CHUNK:
+            yield writer.flush()
+    yield writer.finish()
+
+
+def export_changes(root: str | os.PathLike, changes: Iterable[Change], *,
+                   fmt: WhiteoutFormat = PLAIN,
+                   on_close: Callable[[], None] | None = None) -> BinaryIO:
+    """A streaming tar of ``changes`` (as Docker's ExportChanges): deletions become
+    empty ``.wh.<name>`` entries, additions and modifications the full entry."""
+    root_b = os.fsencode(root).rstrip(b"/") or b"/"
+    chunks = _guard(_changes_chunks(root_b, list(changes), fmt), f"export of {root}")
+    return GeneratorStream(chunks, on_close)  # type: ignore[return-value]

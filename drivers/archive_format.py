@@ -1,0 +1,230 @@
+"""Tar headers: encoding (ustar + PAX extended headers) and decoding.
+
+Written by hand rather than through ``tarfile.TarInfo`` because a layer tar
+has thousands of small entries and the per-entry cost dominates: building a
+header here is a handful of bytes operations. Paths are bytes throughout so
+that names which are not UTF-8 round-trip unchanged.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+
+REG, AREG, LNK, SYM, CHR, BLK, DIR, FIFO, CONT = b"0", b"\0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"
+PAX_X, PAX_G, GNU_LONGNAME, GNU_LONGLINK = b"x", b"g", b"L", b"K"
+
+_MAX_OCTAL = {8: 0o7777777, 12: 0o77777777777}
+_USTAR_MAGIC = b"ustar\x0000"
+_GNU_MAGIC = b"ustar  \x00"
+
+
+class HeaderError(ValueError):
+    """A header that is not valid tar (the caller turns this into CorruptArchive)."""
+
+
+@dataclass
+class Entry:
+    """One tar member as the writer and the reader see it."""
+    name: bytes                    # relative, "/"-separated, no trailing slash
+    type: bytes = REG
+    mode: int = 0o644              # permission bits incl. setuid/setgid/sticky
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime: int = 0                 # seconds
+    linkname: bytes = b""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+# -- writing ----------------------------------------------------------------
+def _octal(value: int, width: int) -> bytes | None:
+    """Octal field, or None when the value does not fit (a PAX record then carries it)."""
+    if 0 <= value <= _MAX_OCTAL[width]:
+        return b"%0*o\0" % (width - 1, value)
+    return None
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" %s=%s\n" % (key, value)
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length = len(str(length)) + len(body)
+    return str(length).encode() + body
+
+
+def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, name) fitting ustar's 155/100 byte fields, or None."""
+    if len(name) <= 100:
+        return b"", name
+    if len(name) > 256:
+        return None
+    cut = name.rfind(b"/", 0, 156)
+    while cut > 0:
+        if len(name) - cut - 1 <= 100 and cut <= 155:
+            return name[:cut], name[cut + 1:]
+        cut = name.rfind(b"/", 0, cut)
+    return None
+
+
+def _ustar(name: bytes, prefix: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int,
+           mtime: int, linkname: bytes, devmajor: int, devminor: int) -> bytes:
+    head = b"".join((
+        name.ljust(100, b"\0"),
+        b"%07o\0" % mode,
+        _octal(uid, 8) or b"0000000\0",
+        _octal(gid, 8) or b"0000000\0",
+        _octal(size, 12) or b"00000000000\0",
+        _octal(mtime, 12) or b"00000000000\0",
+        b"        ",
+        typ,
+        linkname.ljust(100, b"\0"),
+        _USTAR_MAGIC,
+        bytes(64),                       # uname, gname: numeric owners only
+        _octal(devmajor, 8) or b"0000000\0",
+        _octal(devminor, 8) or b"0000000\0",
+        prefix.ljust(155, b"\0"),
+        bytes(12),
+    ))
+    checksum = b"%06o\0 " % sum(head)
+    return head[:148] + checksum + head[156:]
+
+
+def encode(entry: Entry) -> bytes:
+    """Header block(s) for ``entry``: a PAX extended header first when ustar cannot hold it."""
+    name = entry.name + b"/" if entry.type == DIR and entry.name else entry.name
+    pax: list[bytes] = []
+    split = _split_name(name)
+    if split is None or not name.isascii():
+        pax.append(_pax_record(b"path", name))
+        split = (b"", name[:100])
+    linkname = entry.linkname
+    if len(linkname) > 100 or not linkname.isascii():
+        pax.append(_pax_record(b"linkpath", linkname))
+        linkname = linkname[:100]
+    for key, value in (("uid", entry.uid), ("gid", entry.gid)):
+        if _octal(value, 8) is None:
+            pax.append(_pax_record(key.encode(), str(value).encode()))
+    if _octal(entry.size, 12) is None:
+        pax.append(_pax_record(b"size", str(entry.size).encode()))
+    if _octal(entry.mtime, 12) is None:
+        pax.append(_pax_record(b"mtime", str(entry.mtime).encode()))
+    for key in sorted(entry.xattrs):
+        pax.append(_pax_record(b"SCHILY.xattr." + key.encode("utf-8", "surrogateescape"),
+                               entry.xattrs[key]))
+    header = _ustar(split[1], split[0], entry.type, entry.mode & 0o7777, entry.uid, entry.gid,
+                    entry.size, entry.mtime, linkname, entry.devmajor, entry.devminor)
+    if not pax:
+        return header
+    data = b"".join(pax)
+    pax_name = (b"PaxHeaders/" + split[1].rsplit(b"/", 1)[-1])[:100]
+    return (_ustar(pax_name, b"", PAX_X, 0o644, 0, 0, len(data), 0, b"", 0, 0)
+            + data + bytes(padding(len(data))) + header)
+
+
+def padding(size: int) -> int:
+    return -size % BLOCK
+
+
+# -- reading ----------------------------------------------------------------
+def _number(field_bytes: bytes, what: str) -> int:
+    if field_bytes[:1] and field_bytes[0] & 0x80:          # GNU base-256
+        value = int.from_bytes(field_bytes, "big", signed=False)
+        value &= (1 << (8 * len(field_bytes) - 1)) - 1
+        if field_bytes[0] & 0x40:                           # negative
+            value -= 1 << (8 * len(field_bytes) - 1)
+        return value
+    text = field_bytes.split(b"\0", 1)[0].strip(b" \0")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise HeaderError(f"bad {what} field {field_bytes!r}") from None
+
+
+def _cstr(field_bytes: bytes) -> bytes:
+    end = field_bytes.find(b"\0")
+    return field_bytes if end < 0 else field_bytes[:end]
+
+
+def decode(block: bytes) -> Entry:
+    """Parse one 512-byte header block (checksum verified)."""
+    stored = _number(block[148:156], "checksum")
+    unsigned = sum(block) - sum(block[148:156]) + 256
+    if stored != unsigned:
+        # some old writers summed signed chars
+        signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
+        if stored != signed:
+            raise HeaderError("header checksum mismatch (corrupt or not a tar stream)")
+    name = _cstr(block[0:100])
+    magic = block[257:265]
+    if magic == _USTAR_MAGIC or block[257:263] == b"ustar\x00":
+        prefix = _cstr(block[345:500])
+        if prefix:
+            name = prefix + b"/" + name
+    typ = block[156:157]
+    return Entry(
+        name=name, type=typ, mode=_number(block[100:108], "mode") & 0o7777,
+        uid=_number(block[108:116], "uid"), gid=_number(block[116:124], "gid"),
+        size=_number(block[124:136], "size"), mtime=_number(block[136:148], "mtime"),
+        linkname=_cstr(block[157:257]),
+        devmajor=_number(block[329:337], "devmajor"), devminor=_number(block[337:345], "devminor"))
+
+
+def parse_pax(data: bytes) -> dict[bytes, bytes]:
+    """PAX extended header records -> {key: value} (values raw bytes)."""
+    records: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:            # trailing NUL padding some writers leave
+            break
+        space = data.find(b" ", pos)
+        if space < 0:
+            raise HeaderError("malformed PAX record (no length)")
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise HeaderError("malformed PAX record length") from None
+        end = pos + length
+        if length <= 0 or end > len(data) or data[end - 1:end] != b"\n":
+            raise HeaderError("malformed PAX record (bad length)")
+        key, sep, value = data[space + 1:end - 1].partition(b"=")
+        if not sep:
+            raise HeaderError("malformed PAX record (no '=')")
+        records[key] = value
+        pos = end
+    return records
+
+
+def apply_pax(entry: Entry, records: dict[bytes, bytes]) -> None:
+    """Override header fields from PAX records (path, linkpath, size, ids, mtime, xattrs)."""
+    for key, value in records.items():
+        try:
+            if key == b"path":
+                entry.name = value
+            elif key == b"linkpath":
+                entry.linkname = value
+            elif key == b"size":
+                entry.size = int(value)
+            elif key == b"uid":
+                entry.uid = int(value)
+            elif key == b"gid":
+                entry.gid = int(value)
+            elif key == b"mtime":
+                entry.mtime = int(float(value))
+            elif key.startswith(b"SCHILY.xattr."):
+                entry.xattrs[key[13:].decode("utf-8", "surrogateescape")] = value
+            elif key.startswith(b"LIBARCHIVE.xattr."):
+                name = key[17:].decode("utf-8", "surrogateescape")
+                entry.xattrs[name] = base64.b64decode(value + b"=" * (-len(value) % 4))
+            elif key.startswith(b"GNU.sparse."):
+                raise HeaderError("sparse tar entries are not supported in layers")
+        except (ValueError, OverflowError):
+            raise HeaderError(f"bad PAX record {key!r}={value[:40]!r}") from None
+    if entry.size < 0 or entry.uid < 0 or entry.gid < 0:
+        raise HeaderError("negative size or owner in PAX header")
