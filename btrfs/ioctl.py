@@ -59,7 +59,7 @@ def subvol_create(dir_fd: int, name: str) -> None:
     args = bytearray(_VOL_ARGS)
     raw = _name(name, _NAME_MAX_V1)
     args[8:8 + len(raw)] = raw
-    fcntl.ioctl(dir_fd, SUBVOL_CREATE, bytes(args))
+    fcntl.ioctl(dir_fd, SUBVOL_CREATE, args)  # a bytearray: bytes are capped at 1 KiB
 
 
 def snap_create(source_fd: int, dir_fd: int, name: str, *, read_only: bool = False) -> None:
@@ -67,14 +67,14 @@ def snap_create(source_fd: int, dir_fd: int, name: str, *, read_only: bool = Fal
     struct.pack_into("=qQQ", args, 0, source_fd, 0, 1 << 1 if read_only else 0)
     raw = _name(name, _NAME_MAX_V2)
     args[56:56 + len(raw)] = raw
-    fcntl.ioctl(dir_fd, SNAP_CREATE_V2, bytes(args))
+    fcntl.ioctl(dir_fd, SNAP_CREATE_V2, args)
 
 
 def snap_destroy(dir_fd: int, name: str) -> None:
     args = bytearray(_VOL_ARGS)
     raw = _name(name, _NAME_MAX_V1)
     args[8:8 + len(raw)] = raw
-    fcntl.ioctl(dir_fd, SNAP_DESTROY, bytes(args))
+    fcntl.ioctl(dir_fd, SNAP_DESTROY, args)
 
 
 def sync(fd: int) -> None:
