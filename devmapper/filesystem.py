@@ -1,0 +1,97 @@
+"""The filesystem on the thin devices: mkfs at base creation, growth, mount, discard.
+
+mkfs, blkid and the grow tools run as subprocesses, but only when the base
+device is created or a device grows, never per layer operation.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+from graphdrivers.errors import DriverError
+from graphdrivers import mount as _mount
+
+BLKGETSIZE64 = 0x80081272
+BLKDISCARD = 0x1277
+
+
+def default_fs() -> str:
+    """xfs when mkfs.xfs is installed (Docker's choice), else ext4."""
+    return "xfs" if _tool("mkfs.xfs") else "ext4"
+
+
+def _tool(name: str) -> str | None:
+    return shutil.which(name) or next((f"{d}/{name}" for d in ("/usr/sbin", "/sbin")
+                                       if os.access(f"{d}/{name}", os.X_OK)), None)
+
+
+def _run(argv: list[str], what: str) -> str:
+    tool = _tool(argv[0])
+    if tool is None:
+        raise DriverError(f"devicemapper: {argv[0]} is not installed; it is needed to {what}")
+    result = subprocess.run([tool, *argv[1:]], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DriverError(f"devicemapper: {' '.join(argv)} failed ({what}): "
+                          f"{(result.stderr or result.stdout).strip()}")
+    return result.stdout
+
+
+def mkfs(device: str, fs: str, extra: list[str]) -> None:
+    if fs == "xfs":
+        # -K: no discard pass (the thin device is fresh, all of it unmapped)
+        _run(["mkfs.xfs", "-q", "-f", "-K", *extra, device], "create the base filesystem")
+    else:
+        args = ["-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0"]
+        _run(["mkfs.ext4", *args, *extra, device], "create the base filesystem")
+
+
+def uuid(device: str) -> str:
+    return _run(["blkid", "-p", "-s", "UUID", "-o", "value", device], "read the base UUID").strip()
+
+
+def grow(device: str, mountpoint: Path, fs: str) -> None:
+    if fs == "xfs":
+        _run(["xfs_growfs", str(mountpoint)], "grow the filesystem")
+    else:
+        _run(["resize2fs", device], "grow the filesystem")
+
+
+def mount(device: str, mountpoint: Path, fs: str, options: str) -> None:
+    try:
+        _mount.mount(device, mountpoint, fs, 0, options or None)
+    except OSError as exc:
+        raise DriverError(f"devicemapper: mounting {device} ({fs}, options {options!r}) on "
+                          f"{mountpoint} failed: {exc.strerror}; see dmesg") from exc
+
+
+def device_size(device: str) -> int:
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+    finally:
+        os.close(fd)
+
+
+def discard(device: str) -> None:
+    """BLKDISCARD the whole device: the pool unmaps its blocks and punches them out of a loop file."""
+    fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+        fcntl.ioctl(fd, BLKDISCARD, struct.pack("QQ", 0, size))
+    finally:
+        os.close(fd)
+
+
+def set_xfs_nospace_retries(device: str, retries: int) -> None:
+    """dm.xfs_nospace_max_retries: how often xfs retries metadata writes on ENOSPC."""
+    st = os.stat(device)
+    name = os.path.basename(os.path.realpath(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"))
+    path = Path(f"/sys/fs/xfs/{name}/error/metadata/ENOSPC/max_retries")
+    try:
+        path.write_text(f"{retries}\n")
+    except OSError as exc:
+        raise DriverError(f"devicemapper: setting {path} for dm.xfs_nospace_max_retries: {exc}") from exc

@@ -1,0 +1,206 @@
+"""The metadata store: one JSON record per thin device, written atomically.
+
+Layout under ``<home>/metadata`` (``home`` = ``<load home>/devicemapper``)::
+
+    base                    record of the base device (the thin device holding the fresh filesystem)
+    layers/<id>             record of each layer
+    deleted/<device id>     records of devices whose deletion is deferred (still busy)
+    deviceset-metadata      {"next_device_id", "base_uuid", "base_fs"}
+    transaction-metadata    the open transaction, present only while one is open
+
+Layer records live in their own directory so that a layer may be called
+``base`` or ``transaction-metadata``. Device ids are allocated from a 24-bit
+space (the thin-pool limit) and the allocator is rebuilt from the records at
+start, so nothing but the records themselves needs to survive a crash.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from graphdrivers.atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
+from graphdrivers.errors import DriverError, NoSpace
+
+MAX_DEVICE_ID = 0xFFFFFF  # dm-thin device ids are 24 bits
+
+
+@dataclass
+class DeviceRecord:
+    """One thin device. ``layer`` is the layer id, "" for the base device."""
+    layer: str
+    device_id: int
+    size: int
+    transaction_id: int = 0
+    initialized: bool = False
+    deleted: bool = False
+    parent: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DeviceRecord":
+        return cls(layer=str(data.get("layer", "")), device_id=int(data["device_id"]),
+                   size=int(data["size"]), transaction_id=int(data.get("transaction_id", 0)),
+                   initialized=bool(data.get("initialized", False)),
+                   deleted=bool(data.get("deleted", False)), parent=data.get("parent"))
+
+
+@dataclass
+class Transaction:
+    open_transaction_id: int
+    op: str              # "create" (undone on rollback) or "delete" (finished on rollback)
+    layer: str           # layer id, "" for the base device
+    device_id: int
+
+
+class DeviceIdAllocator:
+    """Free 24-bit device ids; the next search starts after the last id handed out."""
+
+    def __init__(self, used: set[int] | None = None, next_id: int = 0):
+        self._used = set(used or ())
+        self._next = next_id & MAX_DEVICE_ID
+
+    def allocate(self) -> int:
+        if len(self._used) > MAX_DEVICE_ID:
+            raise NoSpace(f"all {MAX_DEVICE_ID + 1} thin device ids are in use")
+        candidate = self._next
+        while True:
+            candidate = (candidate + 1) & MAX_DEVICE_ID
+            if candidate not in self._used:
+                self._used.add(candidate)
+                self._next = candidate
+                return candidate
+
+    def mark_used(self, device_id: int) -> None:
+        self._used.add(device_id)
+
+    def free(self, device_id: int) -> None:
+        self._used.discard(device_id)
+
+    def is_used(self, device_id: int) -> bool:
+        return device_id in self._used
+
+    @property
+    def next_id(self) -> int:
+        return self._next
+
+    @property
+    def used(self) -> frozenset[int]:
+        return frozenset(self._used)
+
+
+class MetadataStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.layers_dir = self.root / "layers"
+        self.deleted_dir = self.root / "deleted"
+        for directory in (self.root, self.layers_dir, self.deleted_dir):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            remove_stale_temps(directory)
+
+    # -- device records -------------------------------------------------
+    def _path(self, record: DeviceRecord) -> Path:
+        if record.deleted:
+            return self.deleted_dir / str(record.device_id)
+        if record.layer == "":
+            return self.root / "base"
+        return self.layers_dir / record.layer
+
+    def save(self, record: DeviceRecord) -> None:
+        write_json(self._path(record), record.to_json())
+
+    def remove(self, record: DeviceRecord) -> None:
+        _unlink(self._path(record))
+
+    def mark_deleted(self, record: DeviceRecord) -> DeviceRecord:
+        """Move a record to ``deleted/`` (new file first: a crash leaves it in both, never in none)."""
+        live_path = self._path(record)
+        record.deleted = True
+        self.save(record)
+        _unlink(live_path)
+        return record
+
+    def base(self) -> DeviceRecord | None:
+        return self._read(self.root / "base")
+
+    def layer(self, layer_id: str) -> DeviceRecord | None:
+        return self._read(self.layers_dir / layer_id)
+
+    def layers(self) -> Iterator[DeviceRecord]:
+        for entry in sorted(os.listdir(self.layers_dir)):
+            if not entry.startswith("."):
+                record = self._read(self.layers_dir / entry)
+                if record is not None:
+                    yield record
+
+    def deleted(self) -> list[DeviceRecord]:
+        records = []
+        for entry in sorted(os.listdir(self.deleted_dir)):
+            if entry.isdigit():
+                record = self._read(self.deleted_dir / entry)
+                if record is not None:
+                    records.append(record)
+        return records
+
+    def all_device_ids(self) -> set[int]:
+        ids = {r.device_id for r in self.layers()} | {r.device_id for r in self.deleted()}
+        base = self.base()
+        if base is not None:
+            ids.add(base.device_id)
+        return ids
+
+    def _read(self, path: Path) -> DeviceRecord | None:
+        try:
+            return DeviceRecord.from_json(read_json(path))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DriverError(f"devicemapper metadata file {path} is damaged ({exc}); "
+                              "restore it from a backup or remove the layer's record") from None
+
+    # -- device set and transaction files -------------------------------
+    def deviceset(self) -> dict:
+        try:
+            return dict(read_json(self.root / "deviceset-metadata"))
+        except FileNotFoundError:
+            return {}
+
+    def save_deviceset(self, values: dict) -> None:
+        write_json(self.root / "deviceset-metadata", values)
+
+    def transaction(self) -> Transaction | None:
+        try:
+            data = read_json(self.root / "transaction-metadata")
+        except FileNotFoundError:
+            return None
+        return Transaction(int(data["open_transaction_id"]), str(data["op"]),
+                           str(data["layer"]), int(data["device_id"]))
+
+    def save_transaction(self, txn: Transaction) -> None:
+        write_json(self.root / "transaction-metadata", asdict(txn))
+
+    def clear_transaction(self) -> None:
+        _unlink(self.root / "transaction-metadata")
+
+    def allocator(self) -> DeviceIdAllocator:
+        """Rebuild the id allocator from every record (and an open transaction's id)."""
+        used = self.all_device_ids()
+        txn = self.transaction()
+        if txn is not None:
+            used.add(txn.device_id)
+        return DeviceIdAllocator(used, int(self.deviceset().get("next_device_id", 0)))
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    fsync_dir(path.parent)

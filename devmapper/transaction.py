@@ -1,0 +1,94 @@
+"""Crash-consistent pool changes, tied to the thin pool's own transaction id.
+
+Every change of the pool runs as: open (write ``transaction-metadata`` with the
+pool's transaction id + 1) → pool message (create_thin / create_snap / delete)
+→ register (write or remove the device record) → commit (``set_transaction_id
+old new`` in the pool, then drop the file). The kernel commits its metadata on
+every message, so after a crash the pool id tells how far we got: equal to the
+open id → committed; lower → resolved on the next start:
+
+* a create is undone: the thin device is deleted and its record removed, so no
+  half-made layer and no leaked device id survive;
+* a delete is finished: the device is deleted (or, still busy, queued for
+  deferred deletion) and its record removed.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from contextlib import contextmanager
+from typing import Iterator, Protocol
+
+from . import faults
+from .metadata import DeviceRecord, MetadataStore, Transaction
+
+log = logging.getLogger(__name__)
+
+
+class PoolOps(Protocol):
+    def transaction_id(self) -> int: ...
+    def set_transaction_id(self, old: int, new: int) -> None: ...
+    def delete_thin(self, device_id: int) -> None: ...
+
+
+class TransactionLog:
+    def __init__(self, store: MetadataStore, pool: PoolOps):
+        self.store = store
+        self.pool = pool
+        self.current = pool.transaction_id()
+
+    @contextmanager
+    def open(self, op: str, step: str, layer: str, device_id: int) -> Iterator[Transaction]:
+        """Run one pool change; ``op`` is "create" or "delete", ``step`` names fault points."""
+        self.current = self.pool.transaction_id()   # another process may have moved it
+        txn = Transaction(self.current + 1, op, layer, device_id)
+        self.store.save_transaction(txn)
+        faults.point(f"devmapper.{step}.after_open")
+        try:
+            yield txn
+        except BaseException:
+            if op == "create":   # make sure nothing half-made stays in the pool
+                self._resolve(txn)
+            self.store.clear_transaction()
+            raise
+        self.pool.set_transaction_id(self.current, txn.open_transaction_id)
+        self.current = txn.open_transaction_id
+        faults.point(f"devmapper.{step}.after_commit")
+        self.store.clear_transaction()
+
+    def recover(self) -> str | None:
+        """Resolve a transaction a crashed process left open; return what was done."""
+        txn = self.store.transaction()
+        if txn is None:
+            return None
+        if txn.open_transaction_id <= self.current:
+            self.store.clear_transaction()   # committed; only the file removal was missed
+            return None
+        outcome = self._resolve(txn)
+        self.store.clear_transaction()
+        log.warning("devicemapper: %s of device %d (layer %r) was interrupted: %s",
+                    txn.op, txn.device_id, txn.layer or "<base>", outcome)
+        return outcome
+
+    def _resolve(self, txn: Transaction) -> str:
+        try:
+            self.pool.delete_thin(txn.device_id)
+            deleted = True
+        except OSError as exc:
+            deleted = exc.errno == errno.ENODATA   # never created / already gone
+            if not deleted:
+                log.warning("devicemapper: deleting device %d: %s", txn.device_id, exc)
+        live = self.store.base() if txn.layer == "" else self.store.layer(txn.layer)
+        if live is not None and live.device_id == txn.device_id:
+            if deleted:
+                self.store.remove(live)
+            else:
+                self.store.mark_deleted(live)
+        parked = [r for r in self.store.deleted() if r.device_id == txn.device_id]
+        if deleted:
+            for record in parked:
+                self.store.remove(record)
+        elif live is None and not parked:   # keep the id reserved until the worker deletes it
+            self.store.save(DeviceRecord(txn.layer, txn.device_id, 0, deleted=True))
+        verb = "rolled back" if txn.op == "create" else "finished"
+        return verb if deleted else f"{verb}; device still busy, deletion deferred"
