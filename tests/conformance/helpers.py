@@ -119,6 +119,8 @@ def build_rich_tree(root: Path, *, xattrs: bool = True) -> None:
     os.mkfifo(root / "tmp/fifo", 0o640)
     os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     os.mknod(root / "tmp/blk", 0o660 | stat.S_IFBLK, os.makedev(7, 200))
+    os.chmod(root / "null", 0o666)      # mknod honours the umask
+    os.chmod(root / "tmp/blk", 0o660)
     # a path longer than the 100 bytes a plain ustar name holds
     write(root, LONG_FILE, "deep\n", 0o644, mtime=t + 8)
     # xattrs (set last: writing or chowning a file drops security.capability)

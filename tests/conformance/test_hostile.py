@@ -74,6 +74,12 @@ def _good_tar() -> bytes:
             .file("three", "3" * 10).bytes())
 
 
+def _fix_checksum(data: bytearray, offset: int) -> None:
+    header = data[offset:offset + 512]
+    header[148:156] = b" " * 8
+    data[offset + 148:offset + 156] = b"%06o\0 " % sum(header)
+
+
 def _broken_tars() -> dict[str, bytes]:
     good = _good_tar()
     second_header = 512 + 1024            # header + 700 bytes padded to 1024
@@ -83,6 +89,10 @@ def _broken_tars() -> dict[str, bytes]:
     corrupt_middle[second_header + 148:second_header + 156] = b"0000000\0"
     bad_size = bytearray(good)
     bad_size[second_header + 124:second_header + 136] = b"zzzzzzzzzzz\0"   # not octal
+    _fix_checksum(bad_size, second_header)   # a well-formed header with a bad field
+    huge_size = bytearray(good)
+    huge_size[second_header + 124:second_header + 136] = b"77777777777\0"  # 8 GiB, not there
+    _fix_checksum(huge_size, second_header)
     return {
         "truncated-in-data": good[:second_header + 512 + 50_000],
         "truncated-in-header": good[:second_header + 200],
@@ -90,6 +100,7 @@ def _broken_tars() -> dict[str, bytes]:
         "corrupt-first-header": bytes(corrupt_first),
         "corrupt-middle-header": bytes(corrupt_middle),
         "corrupt-size-field": bytes(bad_size),
+        "size-beyond-stream": bytes(huge_size),
         "garbage": os.urandom(8192),
     }
 
