@@ -24,16 +24,13 @@ from pathlib import Path
 from typing import BinaryIO, Mapping
 
 from graphdrivers import mount as _mount
+from graphdrivers.archive import apply_tar, export_tree
 from graphdrivers.driver import Change, Driver
 from graphdrivers.errors import (DriverError, InvalidOption, LayerExists,
                                  LayerInUse, LayerNotFound, NoSpace, NotSupported)
 from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.locks import IdLocks
-try:
-    from graphdrivers.naivediff import NaiveDiff
-except ImportError:  # TEMP until the naive differ lands
-    class NaiveDiff:  # type: ignore[no-redef]
-        pass
+from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_options, parse_size
 from graphdrivers.refcount import RefCounter
 
@@ -411,7 +408,6 @@ class Overlay2Driver(NaiveDiff, Driver):
         return [str(self.home / lower) for lower in read_lowers(layer)]
 
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        from graphdrivers.archive import export_tree
         layer = self._dir(id)
         if parent is not None:
             self._dir(parent)
@@ -428,7 +424,6 @@ class Overlay2Driver(NaiveDiff, Driver):
         return _diff.native_changes(str(layer / "diff"), self._lower_roots(layer))
 
     def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
-        from graphdrivers.archive import apply_tar
         layer = self._dir(id)
         if parent is not None:
             self._dir(parent)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import stat
 
-from graphdrivers.archive_whiteout import WhiteoutFormat, _remove
+from graphdrivers.archive import WhiteoutFormat
+from graphdrivers.archive_whiteout import _remove
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 REDIRECT_XATTR = "trusted.overlay.redirect"
