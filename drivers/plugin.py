@@ -221,14 +221,16 @@ class GraphDriverPlugin:
                 request.note = json.dumps(args, sort_keys=True)[:300]
             reply = route(request, args)
         except BodyError as exc:
+            request.note = str(exc)
             request.send_json(500, _encode({"Err": str(exc)}))
             return
         except DriverError as exc:
             if request.status:      # the stream already started; the connection is aborted
                 log.error("%s failed while streaming: %s", request.method, exc)
                 return
-            log.debug("%s: %s: %s", request.method, type(exc).__name__, exc)
-            request.send_json(500, _encode({"Err": str(exc) or type(exc).__name__}))
+            message = str(exc) or type(exc).__name__
+            request.note = f"{request.note} {type(exc).__name__}: {message}".lstrip()
+            request.send_json(500, _encode({"Err": message}))
             return
         except Exception as exc:  # a bug or an OS error: answer it, keep the details in the log
             if request.status:

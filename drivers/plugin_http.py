@@ -274,6 +274,9 @@ class PluginRequestHandler(BaseHTTPRequestHandler):
 
     do_PUT = do_DELETE = do_HEAD = do_GET
 
+    def log_request(self, code="-", size="-") -> None:
+        pass   # do_POST logs one line per request, with timing
+
     def log_message(self, format: str, *args) -> None:
         # client_address is empty on a unix socket; errors reach the log through do_POST
         log.debug("http: " + format, *args)
