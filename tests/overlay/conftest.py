@@ -110,7 +110,9 @@ def xfs_filesystem(tmp_path: Path, options: str = "prjquota", size: int = 320 <<
             try:
                 _mount.mount(device.path, target, "xfs", 0, options)
             except OSError as exc:
-                pytest.skip(f"the kernel refused to mount XFS with {options}: {exc}")
+                pytest.skip(f"the kernel refused to mount XFS with {options!r} ({exc.strerror}); "
+                            "project quotas need CONFIG_XFS_QUOTA (Debian's kernel has it, "
+                            "run scripts/vm-test tests/overlay)")
             try:
                 yield target
             finally:
