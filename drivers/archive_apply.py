@@ -301,6 +301,9 @@ class _Applier:
             inp.skip(e.size + tf.padding(e.size))
             return
         base = parts[-1]
+        if parts[0].startswith(WH_META_PREFIX) and parts != [WH_OPAQUE]:
+            inp.skip(e.size + tf.padding(e.size))        # AUFS metadata (.wh..wh.plnk/...)
+            return
         if base.startswith(WH_PREFIX):
             inp.skip(e.size + tf.padding(e.size))
             self._whiteout(parts, base)
