@@ -22,7 +22,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 DOCKERD = shutil.which("dockerd")
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
@@ -267,9 +267,11 @@ def export_listing(engine: Engine, image: str) -> dict[str, tuple]:
     return files
 
 
-def run_cycle(engine: Engine, rootfs_tar: Path) -> CycleResult:
+def run_cycle(engine: Engine, rootfs_tar: Path,
+              restart: "Callable[[], None] | None" = None) -> CycleResult:
     """import → run (A/C/D) → diff → commit → run → diff → commit → save → rm/rmi →
-    load → final run checking every layer's files → listing → rmi."""
+    load → final run checking every layer's files → listing → rmi. A container
+    stays up across ``restart`` (a plugin restart) between the two runs."""
     result = CycleResult(engine.storage_driver)
     d = engine.docker
     run = ("run", "--pull", "never", "--network", "none")
@@ -285,6 +287,21 @@ def run_cycle(engine: Engine, rootfs_tar: Path) -> CycleResult:
     step("run1", *run, "--name", "c1", "bb:1", "sh", "-c", RUN1)
     result.diff1 = sorted(step("diff1", "diff", "c1").splitlines())   # docker prints map order
     step("commit1", "commit", "c1", "bb:2")
+    # a container that stays up (its layer mounted) across a plugin restart
+    step("run-bg", *run, "-d", "--name", "bg", "bb:2", "sh", "-c",
+         "echo bg > /root/bg; exec sleep 600")
+    if restart is not None:
+        t = time.monotonic()
+        restart()
+        result.steps["plugin-restart"] = round(time.monotonic() - t, 3)
+    deadline = time.monotonic() + 20
+    while d("exec", "bg", "cat", "/root/bg", check=False).strip() != "bg":
+        if time.monotonic() > deadline:
+            raise EngineError("the running container lost its file across the plugin restart")
+        time.sleep(0.1)
+    if "A /root/bg" not in step("diff-bg", "diff", "bg").splitlines():
+        raise EngineError("docker diff of the running container misses /root/bg")
+    step("stop-bg", "rm", "-f", "bg")
     step("run2", *run, "--name", "c2", "bb:2", "sh", "-c", RUN2)
     result.diff2 = sorted(step("diff2", "diff", "c2").splitlines())
     step("commit2", "commit", "-c", 'CMD ["cat","/root/f3"]', "c2", "bb:3")
@@ -335,20 +352,30 @@ def cycle_builtin(driver: str, work: Path, rootfs_tar: Path) -> CycleResult:
     return result
 
 
-def cycle_plugin(driver: str, work: Path, rootfs_tar: Path, *, spec_file: bool = False) -> CycleResult:
+def cycle_plugin(driver: str, work: Path, rootfs_tar: Path, *, spec_file: bool = False,
+                 storage_opts: tuple[str, ...] = ()) -> CycleResult:
     """dockerd --experimental with `graphdrivers serve --driver <driver>` as its storage."""
     traces = HostTraces()
     plugin_work = work / "plugin"
     plugin_work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    plugin = start_plugin(driver, plugin_work, home=plugin_work / "gdhome", spec_file=spec_file)
-    engine = Engine(plugin_work, plugin.name, experimental=True)
+    plugins = [start_plugin(driver, plugin_work, home=plugin_work / "gdhome", spec_file=spec_file)]
+    engine = Engine(plugin_work, plugins[0].name, experimental=True, storage_opts=storage_opts)
+
+    def restart() -> None:
+        """dockerd keeps running and sends no Activate/Init to the new process."""
+        if plugins[-1].stop() != 0:
+            raise EngineError(f"the plugin exited badly:\n{plugins[-1].log.read_text()[-3000:]}")
+        plugins.append(start_plugin(driver, plugin_work, home=plugin_work / "gdhome",
+                                    spec_file=spec_file))
+
     try:
         engine.start()
-        result = run_cycle(engine, rootfs_tar)
+        result = run_cycle(engine, rootfs_tar, restart)
     finally:
         engine.stop()
-        code = plugin.stop()
+        code = plugins[-1].stop()
+        plugin = plugins[-1]
         unmount_under(engine.work)
         if spec_file:
             (Path("/etc/docker/plugins") / f"{plugin.name}.spec").unlink(missing_ok=True)
