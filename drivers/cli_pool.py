@@ -1,0 +1,132 @@
+"""``graphdrivers pool ...``: status and online resize of a devicemapper thin pool.
+
+Both call the devicemapper driver's own API (``pool_status()`` and
+``resize_pool()``), so an engine embedding the driver gets the same
+behaviour without the CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from typing import Any
+
+from .cli import CliError, driver_options, emit_json
+
+POOL_DRIVER = "devicemapper"
+_SIZE_WORDS = ("size", "used", "total", "available", "free", "bytes")
+
+
+def add_commands(commands, common: argparse.ArgumentParser) -> None:
+    pool = commands.add_parser("pool", help="devicemapper thin pool: status and online resize")
+    sub = pool.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("status", parents=[common],
+                       help="data and metadata used/total, mode, loop files, warnings")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "resize", parents=[common],
+        help="grow the pool online (data and/or metadata); shrinking is refused",
+        description="Grow the thin pool while layers stay mounted. Loop pools: give the new "
+                    "sizes. Block-device pools: grow the device first, then run without sizes "
+                    "to reload the table at the device's new size.")
+    p.add_argument("--storage-opt", dest="resize_opt", metavar="K=V", action="append",
+                   default=[], help="dm.loopdatasize=SIZE and/or dm.loopmetadatasize=SIZE")
+    p.add_argument("--force", action="store_true",
+                   help="grow sparse files even when the host filesystem lacks the room")
+    p.set_defaults(func=cmd_resize)
+
+
+def open_pool_driver(args: argparse.Namespace):
+    """The devicemapper driver for --home, or a clear error naming what is there instead."""
+    import graphdrivers
+    from graphdrivers.registry import prior_drivers
+    import pathlib
+    name = args.driver
+    if name is None:
+        home = pathlib.Path(args.home)
+        prior = prior_drivers(home) if home.is_dir() else []
+        if POOL_DRIVER not in prior:
+            where = f"it holds {', '.join(prior)} state" if prior else "it holds no driver state"
+            raise CliError(f"no devicemapper pool under {home} ({where}); pool commands "
+                           "need --driver devicemapper on a home that uses it")
+        name = POOL_DRIVER
+    elif name != POOL_DRIVER:
+        raise CliError(f"pool commands work on the devicemapper driver only, not {name!r}")
+    driver = graphdrivers.load(name, args.home, driver_options(args))
+    if not hasattr(driver, "pool_status"):
+        raise CliError(f"the {driver.name} driver here has no pool administration")
+    return driver
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    driver = open_pool_driver(args)
+    status = driver.pool_status()
+    if args.json:
+        emit_json(status)
+    else:
+        print_status(status)
+    return 0
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    from .options import Option, parse_key_values, parse_options, parse_size
+    given = parse_key_values(args.resize_opt, what="resize option")
+    sizes = parse_options(given, {"dm.loopdatasize": Option(parse_size),
+                                  "dm.loopmetadatasize": Option(parse_size)},
+                          what="resize option")
+    driver = open_pool_driver(args)
+    kwargs: dict[str, Any] = {"data_size": sizes["dm.loopdatasize"],
+                              "metadata_size": sizes["dm.loopmetadatasize"],
+                              "force": args.force}
+    show = sys.stderr.isatty()
+    if "progress" in inspect.signature(driver.resize_pool).parameters and show:
+        kwargs["progress"] = lambda message: _say(f"pool resize: {message}")
+    elif show:
+        _say("pool resize: growing the pool (layers stay mounted)...")
+    result = driver.resize_pool(**kwargs)
+    status = result if isinstance(result, dict) else driver.pool_status()
+    if args.json:
+        emit_json(status)
+    else:
+        print_status(status)
+    return 0
+
+
+def print_status(status: dict, indent: str = "") -> None:
+    """Every field as ``Label: value``, sizes also in human units; warnings last."""
+    from .options import format_size
+    warnings: list[str] = []
+    for key, value in status.items():
+        if key.lower() in ("warnings", "warning"):
+            warnings.extend([value] if isinstance(value, str) else list(value or []))
+            continue
+        label = _label(key)
+        if isinstance(value, dict):
+            print(f"{indent}{label}:")
+            print_status(value, indent + "  ")
+        elif isinstance(value, bool) or value is None:
+            print(f"{indent}{label}: {_plain(value)}")
+        elif isinstance(value, int) and any(word in key.lower() for word in _SIZE_WORDS):
+            print(f"{indent}{label}: {format_size(value)} ({value} bytes)")
+        elif isinstance(value, (list, tuple)):
+            print(f"{indent}{label}: {', '.join(map(str, value)) or '-'}")
+        else:
+            print(f"{indent}{label}: {value}")
+    for warning in warnings:
+        print(f"{indent}WARNING: {warning}")
+
+
+def _label(key: str) -> str:
+    text = key.replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def _plain(value: Any) -> str:
+    return {True: "yes", False: "no", None: "-"}[value]
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
