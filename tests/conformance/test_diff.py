@@ -1,6 +1,7 @@
 """diff / apply_diff / changes / diff_size (Docker graphtest's DiffApply and Changes, and more)."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -9,7 +10,7 @@ import pytest
 
 from graphdrivers import Change, ChangeKind
 
-from .helpers import (TarBuilder, assert_same_tree, build_rich_tree, content, hardlink_groups,
+from .helpers import (CAPABILITY, IGNORED_AT_ROOT, TarBuilder, assert_same_tree, build_rich_tree, content, hardlink_groups,
                       mounted, read, snapshot, tar_names, write, xattrs_supported)
 
 A, C, D = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
@@ -299,3 +300,112 @@ def test_apply_file_sizes_at_block_edges(driver, size):
     assert driver.apply_diff("l", None, TarBuilder().file("f", data).stream()) == size
     with mounted(driver, "l") as root:
         assert read(root, "f") == data
+
+
+def test_diff_against_grandparent_round_trip(driver):
+    driver.create("one")
+    with mounted(driver, "one") as root:
+        write(root, "keep", "one")
+        write(root, "gone-in-two", "one")
+        write(root, "dir/a", "one")
+    driver.create("two", "one")
+    with mounted(driver, "two") as root:
+        (root / "gone-in-two").unlink()
+        write(root, "dir/b", "two")
+    driver.create("three", "two")
+    with mounted(driver, "three") as root:
+        write(root, "dir/a", "three rewrote a")
+        write(root, "from-three", "three")
+        expected = snapshot(root)
+    driver.create("copy", "one")
+    driver.apply_diff("copy", "one", driver.diff("three", "one"))
+    with mounted(driver, "copy") as root:
+        assert_same_tree(expected, snapshot(root))
+
+
+def test_metadata_only_changes(driver):
+    driver.create("base")
+    with mounted(driver, "base") as root:
+        for name in ("mode", "owner", "cap", "touched", "dir/inner"):
+            write(root, name, name, 0o644, mtime=1_500_000_000)
+        os.utime(root / "dir", (1_500_000_000, 1_500_000_000))
+    driver.create("child", "base")
+    with mounted(driver, "child") as root:
+        os.chmod(root / "mode", 0o4711)
+        os.chown(root / "owner", 123, 456)
+        os.utime(root / "touched", (1_600_000_000, 1_600_000_000))
+        os.chmod(root / "dir", 0o700)
+        try:
+            os.setxattr(root / "cap", "security.capability", CAPABILITY)
+        except OSError as exc:   # the only xattr Docker's naive diff compares
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+        expected = snapshot(root)
+    got = _changes(driver, "child")
+    for path in ("/mode", "/owner", "/touched", "/dir"):
+        assert got.get(path) == C, f"{path}: {got.get(path)}"
+    if expected["cap"].xattrs:
+        assert got.get("/cap") == C
+    assert "/dir/inner" not in got
+    driver.create("copy", "base")
+    driver.apply_diff("copy", "base", driver.diff("child"))
+    with mounted(driver, "copy") as root:
+        assert_same_tree(expected, snapshot(root))
+
+
+def test_same_size_rewrite_in_the_same_second(driver):
+    """containerd's LayerFileupdate (moby#21555): a content change that keeps size and second."""
+    driver.create("base")
+    with mounted(driver, "base") as root:
+        write(root, "f", "aaaa")
+    for i in range(3):
+        driver.create(f"c{i}", "base")
+        with mounted(driver, f"c{i}") as root:
+            write(root, "f", f"b{i}b{i}")
+        assert _changes(driver, f"c{i}") == {"/f": C}
+        driver.create(f"copy{i}", "base")
+        driver.apply_diff(f"copy{i}", "base", driver.diff(f"c{i}"))
+        with mounted(driver, f"copy{i}") as root:
+            assert read(root, "f") == f"b{i}b{i}".encode()
+
+
+def test_hardlink_to_a_file_of_the_parent(driver):
+    driver.create("base")
+    with mounted(driver, "base") as root:
+        write(root, "lib/libc.so.6", content(7, 3000))
+    driver.create("child", "base")
+    with mounted(driver, "child") as root:
+        os.link(root / "lib/libc.so.6", root / "lib/libc-link")
+        expected = snapshot(root)
+    assert _changes(driver, "child").get("/lib/libc-link") == A
+    driver.create("copy", "base")
+    driver.apply_diff("copy", "base", driver.diff("child"))
+    with mounted(driver, "copy") as root:
+        assert read(root, "lib/libc-link") == content(7, 3000)
+        assert_same_tree(expected, snapshot(root))
+
+
+def test_diff_stream_closed_early_releases_the_layer(driver):
+    driver.create("l")
+    with mounted(driver, "l") as root:
+        write(root, "big", content(1, 2 << 20))
+        write(root, "small", "s")
+    stream = driver.diff("l")
+    assert len(stream.read(1000)) == 1000
+    stream.close()
+    driver.remove("l")   # nothing still holds the layer mounted
+    assert not driver.exists("l")
+
+
+def test_apply_diff_twice_layers_changes(driver):
+    """Docker applies one tar per layer, but a second apply must still honour whiteouts."""
+    driver.create("base")
+    with mounted(driver, "base") as root:
+        write(root, "from-base", "b")
+    driver.create("l", "base")
+    driver.apply_diff("l", "base", TarBuilder().file("a", "1").file("d/x", "2").stream())
+    driver.apply_diff("l", "base", TarBuilder().file(".wh.a").file(".wh.from-base")
+                      .file("d/y", "3").stream())
+    with mounted(driver, "l") as root:
+        assert sorted(set(os.listdir(root)) - IGNORED_AT_ROOT) == ["d"]
+        assert sorted(os.listdir(root / "d")) == ["x", "y"]

@@ -117,6 +117,8 @@ def test_bad_storage_opt(driver, storage_opt):
         driver.create("l", storage_opt=storage_opt)
     with pytest.raises(InvalidOption):
         driver.create("l", "base", storage_opt=storage_opt)
+    with pytest.raises(InvalidOption):
+        driver.create("l", "base", rw=True, storage_opt=storage_opt)
     assert not driver.exists("l")
     assert _paths(driver.home) == before
     driver.create("l", "base")   # the id is free again

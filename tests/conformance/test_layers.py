@@ -1,12 +1,16 @@
 """Empty, base and snapshot layers, deep chains (Docker graphtest's Create* and DeepLayerRead)."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import threading
 
 import pytest
 
-from .helpers import (CAPABILITY, IGNORED_AT_ROOT, LONG_FILE, assert_same_tree, build_rich_tree,
+from graphdrivers.errors import InvalidOption
+
+from .helpers import (CAPABILITY, content, IGNORED_AT_ROOT, LONG_FILE, assert_same_tree, build_rich_tree,
                       hardlink_groups, mounted, read, snapshot, write, xattrs_supported)
 
 
@@ -108,10 +112,9 @@ def test_snapshot_writes_do_not_leak_to_parent(driver):
         assert not (root / "gone").exists()
 
 
-DEPTH = 100
-
-
-def test_deep_chain_top_sees_every_layer(driver):
+@pytest.mark.parametrize("DEPTH", [20, pytest.param(100, marks=pytest.mark.slow)])
+def test_deep_chain_top_sees_every_layer(driver, DEPTH):
+    """Docker's DeepLayerRead: 100 layers is the requirement (slow on vfs: each is a copy)."""
     driver.create("layer-0")
     with mounted(driver, "layer-0") as root:
         write(root, "testfile.txt", "test content")
@@ -133,3 +136,53 @@ def test_deep_chain_top_sees_every_layer(driver):
         assert expected == "layer-0"
     assert driver.parent(top) == f"layer-{DEPTH - 1}"
     assert set(driver.layers()) >= {f"layer-{i}" for i in range(DEPTH + 1)}
+
+
+def test_size_quota(driver):
+    """Docker's DriverTestSetQuota (not required): a size storage option caps what fits."""
+    driver.create("base")
+    try:
+        driver.create("quota", "base", rw=True, storage_opt={"size": "20M"})
+    except InvalidOption as exc:
+        pytest.skip(f"{driver.name} has no per-layer size quota here: {exc}")
+    with mounted(driver, "quota") as root:
+        write(root, "small", content(1, 8 << 20))
+        with pytest.raises(OSError) as info:
+            with open(root / "big", "wb") as f:
+                for i in range(20):
+                    f.write(content(i, 1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        assert info.value.errno in (errno.EDQUOT, errno.ENOSPC)
+        assert read(root, "small") == content(1, 8 << 20)
+
+
+def test_layers_from_threads(driver):
+    driver.create("base")
+    with mounted(driver, "base") as root:
+        write(root, "shared", "base")
+    errors = []
+
+    def worker(n):
+        try:
+            for i in range(4):
+                layer = f"t{n}-{i}"
+                driver.create(layer, "base")
+                with mounted(driver, layer) as root:
+                    assert read(root, "shared") == b"base"
+                    write(root, "mine", layer)
+                with mounted(driver, layer) as root:
+                    assert read(root, "mine") == layer.encode()
+                if i % 2:
+                    driver.remove(layer)
+        except BaseException as exc:  # collected and reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(driver.layers()) == sorted(["base"] + [f"t{n}-{i}" for n in range(4)
+                                                         for i in (0, 2)])
