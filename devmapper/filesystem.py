@@ -5,6 +5,7 @@ device is created or a device grows, never per layer operation.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -53,11 +54,37 @@ def uuid(device: str) -> str:
     return _run(["blkid", "-p", "-s", "UUID", "-o", "value", device], "read the base UUID").strip()
 
 
+# xfs: XFS_IOC_FSGEOMETRY_V1 (_IOR('X', 100, 112 bytes)), XFS_IOC_FSGROWFSDATA (_IOW('X', 110, 16))
+XFS_IOC_FSGEOMETRY_V1 = 0x80705864
+XFS_IOC_FSGROWFSDATA = 0x4010586E
+EXT4_IOC_RESIZE_FS = 0x40086610     # _IOW('f', 16, __u64): new block count
+
+
 def grow(device: str, mountpoint: Path, fs: str) -> None:
-    if fs == "xfs":
-        _run(["xfs_growfs", str(mountpoint)], "grow the filesystem")
-    else:
-        _run(["resize2fs", device], "grow the filesystem")
+    """Grow the mounted filesystem to the device's size (online, one ioctl, no xfs_growfs)."""
+    size = device_size(device)
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if fs == "xfs":
+            geometry = fcntl.ioctl(fd, XFS_IOC_FSGEOMETRY_V1, bytes(112))
+            blocksize, = struct.unpack_from("I", geometry, 0)
+            imaxpct, = struct.unpack_from("I", geometry, 28)
+            datablocks, = struct.unpack_from("Q", geometry, 32)
+            if size // blocksize > datablocks:
+                fcntl.ioctl(fd, XFS_IOC_FSGROWFSDATA, struct.pack("QI4x", size // blocksize, imaxpct))
+        else:
+            blocksize = os.statvfs(mountpoint).f_frsize
+            try:
+                fcntl.ioctl(fd, EXT4_IOC_RESIZE_FS, struct.pack("Q", size // blocksize))
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTTY, errno.EOPNOTSUPP):
+                    raise
+                _run(["resize2fs", device], "grow the filesystem")   # old kernels
+    except OSError as exc:
+        raise DriverError(f"devicemapper: growing the {fs} filesystem on {device} to {size} "
+                          f"bytes failed: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
 
 
 def mount(device: str, mountpoint: Path, fs: str, options: str) -> None:
