@@ -16,6 +16,7 @@ Test switches (documented in docs/ and used by tests/overlay/):
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -49,6 +50,14 @@ LEGACY = "mount(2) with relative lower paths"
 
 class DepthExceeded(DriverError):
     """The parent chain is deeper than the overlay mount can stack."""
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _env_flag(name: str) -> bool:
@@ -200,7 +209,11 @@ class Overlay2Driver(NaiveDiff, Driver):
             size = self._default_size
         if size and self._quota is None:
             raise InvalidOption(f"size: {self._quota_reason}")
-        with self._locks.hold(id):
+        with contextlib.ExitStack() as held:
+            # the parent is locked too, so it cannot be removed while its child is made;
+            # in sorted order, so two creates can never wait on each other
+            for layer_id in sorted({id, parent} - {None}):
+                held.enter_context(self._locks.hold(layer_id))
             if self._path(id).exists():
                 raise LayerExists(f"layer {id!r} already exists")
             lowers: list[str] = []
@@ -220,24 +233,25 @@ class Overlay2Driver(NaiveDiff, Driver):
     def _build(self, layer_id: str, parent: str | None, lowers: list[str],
                size: int | None) -> None:
         """Make the layer in a temp dir and rename it into place: all or nothing."""
-        tmp = self.home / f".tmp-{layer_id}-{uuid.uuid4().hex[:8]}"
+        home = str(self.home)
+        tmp = f"{home}/.tmp-{layer_id}-{os.urandom(4).hex()}"
         short = new_short_name()
-        link = self.home / LINK_DIR / short
+        link = f"{home}/{LINK_DIR}/{short}"
         try:
-            tmp.mkdir(mode=0o710)
+            os.mkdir(tmp, 0o710)
             if size:
                 try:
-                    self._quota.set_quota(tmp, size)
+                    self._quota.set_quota(Path(tmp), size)
                 except OSError as exc:
                     raise DriverError(f"cannot set the size limit of {layer_id!r}: "
                                       f"{exc.strerror}") from None
-            (tmp / "diff").mkdir(mode=0o755)
-            os.chmod(tmp / "diff", 0o755)          # the layer root is 0755 whatever the umask
-            (tmp / "link").write_text(short)
+            os.mkdir(f"{tmp}/diff")
+            os.chmod(f"{tmp}/diff", 0o755)          # the layer root is 0755 whatever the umask
+            _write(f"{tmp}/link", short)
             if lowers:
-                (tmp / "work").mkdir(mode=0o700)
-                (tmp / "lower").write_text(":".join(lowers))
-                (self._path(parent) / "committed").touch()
+                os.mkdir(f"{tmp}/work", 0o700)
+                _write(f"{tmp}/lower", ":".join(lowers))
+                _write(f"{self._path(parent)}/committed", "")
             os.symlink(f"../{dir_name(layer_id)}/diff", link)
             os.rename(tmp, self._path(layer_id))
         except BaseException as exc:
@@ -393,9 +407,6 @@ class Overlay2Driver(NaiveDiff, Driver):
                 self._drop_mount(Path(target))
         for path in self._refs.paths():
             self._refs.forget(path)
-        if self._quota is not None:
-            self._quota.close()
-            self._quota = None
 
     # -- diffs --------------------------------------------------------------
     def _native(self, id: str, parent: str | None) -> bool:
