@@ -161,7 +161,9 @@ def _changes(driver, layer, parent=None):
     assert all(isinstance(c, Change) for c in result)
     assert [c.path for c in result] == sorted(c.path for c in result), "changes sorted by path"
     assert len({c.path for c in result}) == len(result), "each path once"
-    return {c.path: c.kind for c in result}
+    # a filesystem's own lost+found (ext4 on devicemapper) is not the layer's business
+    return {c.path: c.kind for c in result
+            if c.path.lstrip("/").split("/")[0] not in IGNORED_AT_ROOT}
 
 
 def test_changes_every_kind(driver):
