@@ -309,3 +309,60 @@ def test_every_request_is_logged_at_debug(client, caplog):
     assert any(l.startswith("POST /GraphDriver.Create -> 200") and L1 in l for l in lines), lines
     assert any(l.startswith("POST /GraphDriver.Get -> 500") and "LayerNotFound" in l
                for l in lines), lines
+
+
+def _backend(name: str, tmp_path: Path):
+    """(home, options) for a driver, via tests/backends/<name>.py when it has one."""
+    import contextlib
+    import importlib
+    try:
+        module = importlib.import_module(f"backends.{name}")
+    except ModuleNotFoundError:
+        return contextlib.nullcontext((tmp_path / "home", {}))
+    return module.backend(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["vfs", "overlay2", "btrfs"])
+def test_plugin_restart_with_a_mounted_layer_loses_nothing(name, tmp_path):
+    """Stopping the plugin never unmounts; the next process takes the mount over."""
+    import graphdrivers
+    from graphdrivers import mount as gd_mount
+    from graphdrivers.registry import driver_class
+    sock, state = tmp_path / "gd.sock", tmp_path / "state"
+    with _backend(name, tmp_path) as (home, options):
+        try:
+            driver_class(name).probe(Path(home) / name)
+        except graphdrivers.NotSupported as exc:
+            pytest.skip(f"{name}: {exc}")
+        first = PluginServer(name, home, options, sock, state_dir=state)
+        with running(first):
+            c = Client(sock)
+            c.ok("GraphDriver.Init", {"Home": str(tmp_path / "data" / plugin_name(name))})
+            c.ok("GraphDriver.Create", {"ID": L1})
+            status, _ = c.apply_diff(L1, None, chunks(tar_bytes({"etc/base": b"base"})))
+            assert status == 200
+            c.ok("GraphDriver.CreateReadWrite", {"ID": C1, "Parent": L1})
+            root = Path(c.ok("GraphDriver.Get", {"ID": C1})["Dir"])
+            (root / "etc/new").write_text("written while mounted")
+            c.close()
+        was_mountpoint = gd_mount.is_mountpoint(root)
+        second = PluginServer(name, home, options, sock, state_dir=state)
+        try:
+            with running(second):
+                # still mounted and readable in between: running containers keep their root
+                assert gd_mount.is_mountpoint(root) == was_mountpoint
+                assert (root / "etc/base").read_text() == "base"
+                c = Client(sock)
+                assert Path(c.ok("GraphDriver.Get", {"ID": C1})["Dir"]) == root
+                assert (root / "etc/new").read_text() == "written while mounted"
+                c.ok("GraphDriver.Put", {"ID": C1})       # the new Get
+                c.ok("GraphDriver.Put", {"ID": C1})       # the Get made before the restart
+                assert c.ok("GraphDriver.Changes", {"ID": C1, "Parent": L1}) == {
+                    "Changes": [{"Path": "/etc", "Kind": 0}, {"Path": "/etc/new", "Kind": 1}]}
+                c.ok("GraphDriver.Remove", {"ID": C1})
+                c.ok("GraphDriver.Remove", {"ID": L1})
+                c.ok("GraphDriver.Cleanup", {})
+                c.close()
+        finally:
+            second.plugin._driver and second.plugin._driver.cleanup()
+        assert not gd_mount.mounts_under(home)
