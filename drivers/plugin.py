@@ -30,6 +30,7 @@ log = logging.getLogger("graphdrivers.plugin")
 SOCKET_DIR = Path("/run/docker/plugins")
 STATE_DIR = Path("/run/graphdrivers/plugins")
 NAME_PREFIX = "graphdrivers"
+MAX_JSON = 1 << 20     # a JSON call is a few hundred bytes; refuse to buffer more
 
 
 def plugin_name(driver_name: str | None) -> str:
@@ -248,7 +249,10 @@ def _encode(payload: dict) -> bytes:
 
 def _read_args(request: Request) -> dict:
     """The JSON request body; dockerd sends no Content-Type and omits empty fields."""
-    raw = request.body.read()
+    raw = request.body.read(MAX_JSON + 1)
+    if len(raw) > MAX_JSON:
+        raise DriverError(f"request body larger than {MAX_JSON} bytes; "
+                          "only ApplyDiff carries data")
     if not raw.strip():
         return {}
     try:

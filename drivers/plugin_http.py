@@ -10,6 +10,7 @@ written by ``ChunkedWriter``.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import socket
@@ -260,7 +261,6 @@ class PluginRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _error(self, status: int, message: str) -> None:
-        import json
         payload = json.dumps({"Err": message}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/vnd.docker.plugins.v1+json")

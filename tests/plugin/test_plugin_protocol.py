@@ -366,3 +366,9 @@ def test_plugin_restart_with_a_mounted_layer_loses_nothing(name, tmp_path):
         finally:
             second.plugin._driver and second.plugin._driver.cleanup()
         assert not gd_mount.mounts_under(home)
+
+
+def test_oversized_json_body_is_refused_and_connection_survives(client):
+    status, body = client.raw("GraphDriver.Create", b" " * (2 << 20) + b"{}")
+    assert status == 500 and "larger than" in json.loads(body)["Err"]
+    assert client.ok("GraphDriver.Exists", {"ID": L1}) == {"Exists": False}
