@@ -30,6 +30,7 @@ MAX_SYMLINK_HOPS = 40
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REGULAR = {tf.REG, tf.AREG, tf.CONT}
+_META = {tf.PAX_X, tf.PAX_G, tf.GNU_LONGNAME, tf.GNU_LONGLINK}
 _NODES = {tf.CHR: stat.S_IFCHR, tf.BLK: stat.S_IFBLK, tf.FIFO: stat.S_IFIFO}
 
 
@@ -116,6 +117,18 @@ class _Input:
             self.pos = self.end = 0
 
 
+def _umask() -> int | None:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _split(name: bytes, what: str = "entry") -> list[bytes]:
     """Tar name -> path components, refusing anything that could leave the root."""
     if b"\0" in name:
@@ -136,27 +149,40 @@ class _Applier:
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         # the chain of open directories leading to the current entry's parent:
         # (tar component, fd, real components from the root)
-        self.stack: list[tuple[bytes, int, tuple[bytes, ...]]] = []
+        self.stack: list[tuple[bytes, int, tuple[bytes, ...], bool]] = []   # + setgid?
         self.dirty = False
-        self.created: dict[bytes, set[str]] = {}
+        self.created: dict[tuple[bytes, ...], set[bytes]] = {}
         self.dir_times: list[tuple[list[bytes], int]] = []
         self.total = 0
         self.is_root = os.geteuid() == 0
-        self.name = ""
+        self.ids = (os.geteuid(), os.getegid())
+        self.umask = _umask()
+        self.root_sgid = bool(os.fstat(self.root_fd).st_mode & stat.S_ISGID)
+        self.parent_sgid = self.root_sgid
+        self.raw_name = b""
 
     def close(self) -> None:
         self._reset()
         os.close(self.root_fd)
 
     def _reset(self) -> None:
-        for _, fd, _ in self.stack:
-            os.close(fd)
+        for entry in self.stack:
+            os.close(entry[1])
         self.stack.clear()
         self.dirty = False
 
     # -- path resolution -------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The current entry's name, for messages."""
+        return os.fsdecode(self.raw_name)
+
     def _note(self, real: tuple[bytes, ...], name: bytes) -> None:
-        self.created.setdefault(b"/".join(real), set()).add(os.fsdecode(name))
+        """Remember what this tar created, for a later opaque marker in that directory."""
+        created = self.created.get(real)
+        if created is None:
+            created = self.created[real] = set()
+        created.add(name)
 
     def _step(self, parent_fd: int, real: tuple[bytes, ...], comp: bytes, create: bool,
               follow: bool, hops: int) -> tuple[int, tuple[bytes, ...]]:
@@ -220,21 +246,30 @@ class _Applier:
         return fd, real
 
     def _parent(self, parts: list[bytes]) -> tuple[int, tuple[bytes, ...]]:
-        """fd of the directory holding ``parts[-1]`` (cached along the current path)."""
+        """fd of the directory holding ``parts[-1]`` (cached along the current path).
+
+        Also sets ``parent_sgid``: new entries in a setgid directory take its group.
+        """
         if self.dirty:
             self._reset()
         stack, want = self.stack, len(parts) - 1
         n = 0
         while n < len(stack) and n < want and stack[n][0] == parts[n]:
             n += 1
-        for _, fd, _ in stack[n:]:
-            os.close(fd)
+        for entry in stack[n:]:
+            os.close(entry[1])
         del stack[n:]
         for comp in parts[n:want]:
             fd, real = (stack[-1][1], stack[-1][2]) if stack else (self.root_fd, ())
             new_fd, new_real = self._step(fd, real, comp, True, True, 0)
-            stack.append((comp, new_fd, new_real))
-        return (stack[-1][1], stack[-1][2]) if stack else (self.root_fd, ())
+            sgid = bool(os.fstat(new_fd).st_mode & stat.S_ISGID)
+            stack.append((comp, new_fd, new_real, sgid))
+        if not stack:
+            self.parent_sgid = self.root_sgid
+            return self.root_fd, ()
+        top = stack[-1]
+        self.parent_sgid = top[3]
+        return top[1], top[2]
 
     # -- entries -----------------------------------------------------------
     def _remove_existing(self, dfd: int, name: bytes, keep_dir: bool) -> bool:
@@ -252,14 +287,25 @@ class _Applier:
         self.dirty = True
         return False
 
-    def _attrs(self, dfd: int, name: bytes, e: Entry, fd: int | None, symlink: bool) -> None:
-        """Owner, then mode (so setuid survives chown), then xattrs (chown drops caps)."""
-        if self.is_root:
+    def _created_mode(self, mode: int) -> int | None:
+        """The mode to create an entry with, so that no chmod is needed afterwards."""
+        return None if mode & 0o7000 else mode
+
+    def _attrs(self, dfd: int, name: bytes, e: Entry, fd: int | None, symlink: bool,
+               created: int | None = None) -> None:
+        """Owner, then mode (so setuid survives chown), then xattrs (chown drops caps).
+
+        ``created``: the mode we just created the entry with (None: an existing
+        entry, or unknown); calls that would change nothing are skipped.
+        """
+        fresh = created is not None and self.umask is not None and not self.parent_sgid
+        if self.is_root and not (fresh and (e.uid, e.gid) == self.ids):
             if fd is not None:
                 os.fchown(fd, e.uid, e.gid)
             else:
                 os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
-        if not symlink:
+        if not symlink and not (fresh and created & ~self.umask == e.mode):  # type: ignore
+
             if fd is not None:
                 os.fchmod(fd, e.mode)
             else:
@@ -290,7 +336,7 @@ class _Applier:
         typ = e.type
         if typ == tf.AREG and e.name.endswith(b"/"):
             typ = tf.DIR                                  # pre-POSIX directory
-        self.name = os.fsdecode(e.name)
+        self.raw_name = e.name
         parts = _split(e.name)
         if not parts:
             if typ != tf.DIR:
@@ -313,14 +359,13 @@ class _Applier:
             self._create(dfd, base, lambda: self._file(dfd, base, e, inp))
             self.total += e.size
         elif typ == tf.DIR:
-            if self._mkdir(dfd, base):
-                self.dirty = True
-            self._attrs(dfd, base, e, None, False)
+            created = self._mkdir(dfd, base, e.mode)
+            self._attrs(dfd, base, e, None, False, created)
             self.dir_times.append((list(real) + [base], e.mtime))
             inp.skip(e.size + tf.padding(e.size))
         elif typ == tf.SYM:
             self._create(dfd, base, lambda: os.symlink(e.linkname, base, dir_fd=dfd))
-            self._attrs(dfd, base, e, None, True)
+            self._attrs(dfd, base, e, None, True, 0o777)
             os.utime(base, ns=(e.mtime * 10**9,) * 2, dir_fd=dfd, follow_symlinks=False)
             inp.skip(e.size + tf.padding(e.size))
         elif typ == tf.LNK:
@@ -328,8 +373,10 @@ class _Applier:
             inp.skip(e.size + tf.padding(e.size))
         elif typ in _NODES:
             dev = os.makedev(e.devmajor, e.devminor)
-            self._create(dfd, base, lambda: os.mknod(base, _NODES[typ] | 0o600, dev, dir_fd=dfd))
-            self._attrs(dfd, base, e, None, False)
+            created = self._created_mode(e.mode)
+            self._create(dfd, base, lambda: os.mknod(base, _NODES[typ] | (created or 0o600),
+                                                     dev, dir_fd=dfd))
+            self._attrs(dfd, base, e, None, False, created)
             os.utime(base, ns=(e.mtime * 10**9,) * 2, dir_fd=dfd, follow_symlinks=False)
             inp.skip(e.size + tf.padding(e.size))
         else:
@@ -337,25 +384,31 @@ class _Applier:
         self._note(real, base)
 
     def _file(self, dfd: int, base: bytes, e: Entry, inp: _Input) -> None:
-        fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=dfd)
+        created = self._created_mode(e.mode)
+        fd = os.open(base, _FILE_FLAGS, created or 0o600, dir_fd=dfd)
         try:
             inp.copy(fd, e.size)
-            self._attrs(dfd, base, e, fd, False)
+            self._attrs(dfd, base, e, fd, False, created)
             os.utime(fd, ns=(e.mtime * 10**9,) * 2)
         finally:
             os.close(fd)
         inp.skip(tf.padding(e.size))
 
-    def _mkdir(self, dfd: int, base: bytes) -> bool:
-        """Make directory ``base``; an existing directory is kept (merged into)."""
+    def _mkdir(self, dfd: int, base: bytes, mode: int) -> int | None:
+        """Make directory ``base``; an existing one is kept (merged into) and None returned.
+
+        As root the directory is made with its final mode (root writes into it
+        anyway); otherwise 0700 so that its contents can still be created.
+        """
+        created = self._created_mode(mode) if self.is_root else None
         try:
-            os.mkdir(base, 0o700, dir_fd=dfd)
-            return False
+            os.mkdir(base, created or 0o700, dir_fd=dfd)
+            return created
         except FileExistsError:
             if self._remove_existing(dfd, base, keep_dir=True):
-                return False
-            os.mkdir(base, 0o700, dir_fd=dfd)
-            return True
+                return None
+            os.mkdir(base, created or 0o700, dir_fd=dfd)
+            return created
 
     def _hardlink(self, dfd: int, base: bytes, e: Entry) -> None:
         target = _split(e.linkname, "hard link target")
@@ -382,9 +435,8 @@ class _Applier:
 
     def _whiteout(self, parts: list[bytes], base: bytes) -> None:
         dfd, real = self._parent(parts)
-        key = b"/".join(real)
         if base == WH_OPAQUE:
-            self.fmt.apply_opaque(dfd, set(self.created.get(key, ())))
+            self.fmt.apply_opaque(dfd, {os.fsdecode(n) for n in self.created.get(real, ())})
         elif base.startswith(WH_META_PREFIX):
             return                                       # AUFS metadata: not ours to apply
         else:
@@ -393,7 +445,7 @@ class _Applier:
                 raise CorruptArchive(f"whiteout {self.name!r} names {os.fsdecode(victim)!r}, "
                                      "which would delete outside its directory")
             self.fmt.apply_whiteout(dfd, os.fsdecode(victim))
-            self.created.get(key, set()).discard(os.fsdecode(victim))
+            self.created.get(real, set()).discard(victim)
         self.dirty = True
 
     def finish(self) -> None:
@@ -426,19 +478,21 @@ def _read_entries(inp: _Input, applier: _Applier) -> None:
                                  "(truncated?)") from None
         if block == ZERO_BLOCK:
             return
-        entry = tf.decode(block)
-        if entry.type in (tf.PAX_X, tf.PAX_G, tf.GNU_LONGNAME, tf.GNU_LONGLINK):
-            if entry.size > MAX_META:
-                raise CorruptArchive(f"tar metadata entry of {entry.size} bytes is too large")
-            data = inp.take(entry.size)
-            inp.skip(tf.padding(entry.size))
-            if entry.type == tf.PAX_X:
+        typ = block[156:157]
+        if typ in _META:
+            size = tf.meta_size(block)
+            if size > MAX_META:
+                raise CorruptArchive(f"tar metadata entry of {size} bytes is too large")
+            data = inp.take(size)
+            inp.skip(tf.padding(size))
+            if typ == tf.PAX_X:
                 pax.update(tf.parse_pax(data))
-            elif entry.type == tf.GNU_LONGNAME:
+            elif typ == tf.GNU_LONGNAME:
                 long_name = data.split(b"\0", 1)[0]
-            elif entry.type == tf.GNU_LONGLINK:
+            elif typ == tf.GNU_LONGLINK:
                 long_link = data.split(b"\0", 1)[0]
             continue                                      # global headers are ignored
+        entry = tf.decode(block)
         if long_name is not None:
             entry.name = long_name
         if long_link is not None:

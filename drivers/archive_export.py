@@ -100,9 +100,8 @@ class _Writer:
             self.open_flags &= ~_NOATIME     # O_NOATIME needs ownership or CAP_FOWNER
             fd = os.open(path, self.open_flags)
         try:
-            # the size is taken from the open file: a file that changes while we
-            # read it is cut or zero-padded to that size, so the tar stays valid
-            size = os.fstat(fd).st_size
+            # a file that changes size while we read it is cut or zero-padded to
+            # the size lstat saw, so the tar stays valid
             entry.size = size
             self.out += encode(entry)
             left = size
@@ -127,12 +126,11 @@ class _Writer:
         if len(self.out) >= CHUNK:
             yield self.flush()
 
-    def flush(self) -> bytes:
-        data = bytes(self.out)
-        self.out.clear()
+    def flush(self) -> bytearray:
+        data, self.out = self.out, bytearray()    # handed over whole: no copy
         return data
 
-    def finish(self) -> bytes:
+    def finish(self) -> bytearray:
         self.out += ZERO_BLOCK * 2
         return self.flush()
 

@@ -132,6 +132,10 @@ def padding(size: int) -> int:
 
 # -- reading ----------------------------------------------------------------
 def _number(field_bytes: bytes, what: str) -> int:
+    try:                                   # fast path: "0000644\0" or "000644 \0"
+        return int(field_bytes[:-1], 8)
+    except ValueError:
+        pass
     if field_bytes[:1] and field_bytes[0] & 0x80:          # GNU base-256
         value = int.from_bytes(field_bytes, "big", signed=False)
         value &= (1 << (8 * len(field_bytes) - 1)) - 1
@@ -152,28 +156,39 @@ def _cstr(field_bytes: bytes) -> bytes:
     return field_bytes if end < 0 else field_bytes[:end]
 
 
-def decode(block: bytes) -> Entry:
-    """Parse one 512-byte header block (checksum verified)."""
+def check(block: bytes) -> None:
+    """Verify the header checksum (unsigned, or signed as some old writers computed it)."""
     stored = _number(block[148:156], "checksum")
     unsigned = sum(block) - sum(block[148:156]) + 256
     if stored != unsigned:
-        # some old writers summed signed chars
         signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
         if stored != signed:
             raise HeaderError("header checksum mismatch (corrupt or not a tar stream)")
+
+
+def meta_size(block: bytes) -> int:
+    """Size of a PAX / GNU long-name header's data (checksum verified)."""
+    check(block)
+    return _number(block[124:136], "size")
+
+
+def decode(block: bytes) -> Entry:
+    """Parse one 512-byte header block (checksum verified)."""
+    check(block)
     name = _cstr(block[0:100])
-    magic = block[257:265]
-    if magic == _USTAR_MAGIC or block[257:263] == b"ustar\x00":
+    if block[257:263] == b"ustar\x00":                     # POSIX: a prefix field may follow
         prefix = _cstr(block[345:500])
         if prefix:
             name = prefix + b"/" + name
     typ = block[156:157]
-    return Entry(
-        name=name, type=typ, mode=_number(block[100:108], "mode") & 0o7777,
-        uid=_number(block[108:116], "uid"), gid=_number(block[116:124], "gid"),
-        size=_number(block[124:136], "size"), mtime=_number(block[136:148], "mtime"),
-        linkname=_cstr(block[157:257]),
-        devmajor=_number(block[329:337], "devmajor"), devminor=_number(block[337:345], "devminor"))
+    entry = Entry(name, typ, _number(block[100:108], "mode") & 0o7777,
+                  _number(block[108:116], "uid"), _number(block[116:124], "gid"),
+                  _number(block[124:136], "size"), _number(block[136:148], "mtime"),
+                  _cstr(block[157:257]))
+    if typ == CHR or typ == BLK:
+        entry.devmajor = _number(block[329:337], "devmajor")
+        entry.devminor = _number(block[337:345], "devminor")
+    return entry
 
 
 def parse_pax(data: bytes) -> dict[bytes, bytes]:

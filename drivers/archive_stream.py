@@ -16,41 +16,54 @@ class GeneratorStream(io.RawIOBase):
     def __init__(self, chunks: Iterator[bytes], on_close: Callable[[], None] | None = None):
         super().__init__()
         self._chunks = chunks
-        self._buf = bytearray()
+        self._cur: bytes | bytearray = b""     # the chunk being handed out
+        self._off = 0
         self._eof = False
         self._on_close = on_close
 
     def readable(self) -> bool:
         return True
 
-    def _fill(self, want: int) -> None:
-        while len(self._buf) < want and not self._eof:
+    def _next(self) -> bool:
+        """Load the next non-empty chunk; False at the end."""
+        while not self._eof:
             try:
                 chunk = next(self._chunks)
             except StopIteration:
                 self._eof = True
-                return
-            self._buf += chunk
+                break
+            if chunk:
+                self._cur, self._off = chunk, 0
+                return True
+        self._cur, self._off = b"", 0
+        return False
 
     def read(self, size: int | None = -1) -> bytes:
         if self.closed:
             raise ValueError("read of a closed stream")
         if size is None or size < 0:
             return self.readall()
-        if not self._buf and not self._eof:
-            # fast path: hand over a whole chunk when it is exactly what was asked
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                self._eof = True
-                return b""
-            if len(chunk) == size:
-                return bytes(chunk)
-            self._buf += chunk
-        self._fill(size)
-        with memoryview(self._buf) as view:
-            out = bytes(view[:size])
-        del self._buf[:size]
+        if self._off >= len(self._cur) and not self._next():
+            return b""
+        cur, off = self._cur, self._off
+        if len(cur) - off >= size:            # the common case: one slice, one copy
+            self._off = off + size
+            if off == 0 and size == len(cur) and isinstance(cur, bytes):
+                return cur
+            with memoryview(cur) as view:
+                return bytes(view[off:off + size])
+        parts = [memoryview(cur)[off:]]
+        have = len(cur) - off
+        while have < size and self._next():
+            take = min(size - have, len(self._cur))
+            parts.append(memoryview(self._cur)[:take])
+            self._off = take
+            have += take
+        if have < size:
+            self._cur, self._off = b"", 0
+        out = b"".join(parts)
+        for part in parts:
+            part.release()
         return out
 
     def readinto(self, buffer) -> int:
@@ -59,10 +72,10 @@ class GeneratorStream(io.RawIOBase):
         return len(data)
 
     def readall(self) -> bytes:
-        parts = [bytes(self._buf)]
-        self._buf.clear()
+        parts = [bytes(memoryview(self._cur)[self._off:])]
+        self._cur, self._off = b"", 0
         if not self._eof:
-            parts.extend(self._chunks)
+            parts.extend(bytes(c) for c in self._chunks)
             self._eof = True
         return b"".join(parts)
 
@@ -77,7 +90,7 @@ class GeneratorStream(io.RawIOBase):
             if close is not None:
                 close()
         finally:
-            self._buf = bytearray()
+            self._cur = b""
             super().close()
             on_close, self._on_close = self._on_close, None
             if on_close is not None:
