@@ -28,6 +28,8 @@ def enabled(path: str | os.PathLike) -> bool:
     except OSError as exc:
         if exc.errno == errno.ENOENT:   # no quota tree at all
             return False
+        if exc.errno == errno.EPERM:    # tree search needs CAP_SYS_ADMIN: cannot tell
+            return False
         raise
     finally:
         os.close(fd)

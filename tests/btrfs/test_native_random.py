@@ -5,6 +5,8 @@ import itertools
 import os
 import shutil
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from graphdrivers.btrfs import changes as native
@@ -68,11 +70,25 @@ def _apply(root, kind: str, p: str, q: str, n: int) -> None:
         pass
 
 
-@settings(max_examples=60, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(base_ops=st.lists(op, max_size=25), child_ops=st.lists(op, max_size=15),
-       parent_ops=st.lists(op, max_size=3))
+edits = dict(base_ops=st.lists(op, max_size=25), child_ops=st.lists(op, max_size=15),
+             parent_ops=st.lists(op, max_size=3))
+_quiet = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+
+
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=_quiet)
+@given(**edits)
 def test_random_edits_agree_with_the_walk(drv, base_ops, child_ops, parent_ops):
+    _check(drv, base_ops, child_ops, parent_ops)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=_quiet)
+@given(**edits)
+def test_many_random_edits_agree_with_the_walk(drv, base_ops, child_ops, parent_ops):
+    _check(drv, base_ops, child_ops, parent_ops)
+
+
+def _check(drv, base_ops, child_ops, parent_ops):
     n = next(_ids)
     base, child = f"base{n}", f"child{n}"
     drv.create(base)
