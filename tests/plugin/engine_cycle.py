@@ -28,6 +28,11 @@ DOCKERD = shutil.which("dockerd")
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
 BUSYBOX = "/bin/busybox"
 PLUGIN_DIR = Path("/run/docker/plugins")
+# In the device-mapper VM (scripts/vm-test, qemu without KVM) everything is ~10x
+# slower and dockerd's own containerd start times out: start containerd first.
+IN_VM = os.environ.get("GRAPHDRIVERS_IN_VM") == "1"
+OWN_CONTAINERD = IN_VM
+SLOW = 5 if IN_VM else 1
 
 # run 1 adds, changes and deletes; run 2 changes what run 1 added
 RUN1 = ("echo layer2 > /root/f2; mkdir /data; echo x > /data/x; rm /bin/vi; "
@@ -97,7 +102,8 @@ class HostTraces:
 
     @staticmethod
     def _cgroup_dirs() -> list[Path]:
-        return [p for p in Path("/sys/fs/cgroup").glob("*/docker") if p.is_dir()]
+        found = list(Path("/sys/fs/cgroup").glob("*/docker")) + [Path("/sys/fs/cgroup/docker")]
+        return [p for p in found if p.is_dir()]
 
     def clean(self) -> list[str]:
         removed = []
@@ -160,7 +166,7 @@ def start_plugin(driver: str, work: Path, *, home: Path, spec_file: bool) -> Plu
     with open(log, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     plugin = Plugin(process, name, sock, log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 30 * SLOW
     while not sock.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             plugin.stop()
@@ -186,11 +192,35 @@ class Engine:
         self.experimental = experimental
         self.storage_opts = storage_opts
         self.process: subprocess.Popen | None = None
+        self.containerd: subprocess.Popen | None = None
+
+    def _start_containerd(self) -> str:
+        """containerd of our own, for dockerd --containerd (research/engine.md §3)."""
+        root = self.work / "ctrd"
+        root.mkdir(parents=True, exist_ok=True)
+        sock = root / "ctrd.sock"
+        (root / "config.toml").write_text(
+            f'version = 2\nroot = "{root}/root"\nstate = "{root}/state"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n')
+        with open(self.work / "containerd.log", "ab") as out:
+            self.containerd = subprocess.Popen(
+                [shutil.which("containerd"), "--config", str(root / "config.toml")],
+                stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SLOW * 60
+        while subprocess.run(["ctr", "--address", str(sock), "version"],
+                             capture_output=True).returncode != 0:
+            if self.containerd.poll() is not None or time.monotonic() > deadline:
+                raise EngineError("containerd did not start:\n"
+                                  + (self.work / "containerd.log").read_text()[-3000:])
+            time.sleep(0.2)
+        return str(sock)
 
     def start(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / "daemon.json").write_text("{}\n")   # never read /etc/docker/daemon.json
-        cmd = [DOCKERD, "--config-file", str(self.work / "daemon.json"),
+        extra = ["--containerd", self._start_containerd()] if OWN_CONTAINERD else []
+        cmd = [DOCKERD, *extra, "--config-file", str(self.work / "daemon.json"),
                "--data-root", str(self.data), "--exec-root", str(self.exec_root),
                "-H", f"unix://{self.sock}", "--pidfile", str(self.work / "dockerd.pid"),
                "--storage-driver", self.storage_driver,
@@ -201,7 +231,7 @@ class Engine:
             cmd += ["--storage-opt", opt]
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * SLOW
         while True:
             if self.process.poll() is not None:
                 raise EngineError(f"dockerd exited with {self.process.returncode}:\n"
@@ -211,24 +241,26 @@ class Engine:
             if ok:
                 return
             if time.monotonic() > deadline:
-                raise EngineError(f"dockerd not ready after 60 s:\n{self.log.read_text()[-3000:]}")
+                raise EngineError(f"dockerd not ready after {60 * SLOW} s:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        for attr in ("process", "containerd"):      # dockerd first, then its containerd
+            proc = getattr(self, attr)
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60 * SLOW)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            setattr(self, attr, None)
 
     def docker(self, *args: str, check: bool = True) -> str:
         result = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", *args],
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True, text=True, timeout=300 * SLOW)
         if check and result.returncode != 0:
             raise EngineError(f"docker {' '.join(args)} failed ({result.returncode}): "
                               f"{result.stderr.strip()}")
@@ -253,7 +285,7 @@ def export_listing(engine: Engine, image: str) -> dict[str, tuple]:
     cid = engine.docker("create", "--pull", "never", "--network", "none", image).strip()
     try:
         out = subprocess.run([DOCKER, "-H", f"unix://{engine.sock}", "export", cid],
-                             capture_output=True, check=True, timeout=120).stdout
+                             capture_output=True, check=True, timeout=120 * SLOW).stdout
     finally:
         engine.docker("rm", cid)
     files = {}
@@ -294,7 +326,7 @@ def run_cycle(engine: Engine, rootfs_tar: Path,
         t = time.monotonic()
         restart()
         result.steps["plugin-restart"] = round(time.monotonic() - t, 3)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 20 * SLOW
     while d("exec", "bg", "cat", "/root/bg", check=False).strip() != "bg":
         if time.monotonic() > deadline:
             raise EngineError("the running container lost its file across the plugin restart")
@@ -328,7 +360,7 @@ def run_cycle(engine: Engine, rootfs_tar: Path,
 def workspace(base: Path | None = None) -> Iterator[Path]:
     """A short work directory (unix socket paths must stay under 108 bytes)."""
     import tempfile
-    work = Path(tempfile.mkdtemp(prefix="gde2e-", dir=base or "/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="gde2e-", dir=base))   # $TMPDIR, else /tmp
     try:
         yield work
     finally:
