@@ -250,4 +250,7 @@ def _silence_stdout() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m graphdrivers.cli`: run the package's module, not this __main__ copy,
+    # so the exception classes the command modules raise are the ones main() catches
+    from graphdrivers.cli import main as _main
+    sys.exit(_main())
