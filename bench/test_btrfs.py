@@ -58,41 +58,6 @@ def big(fs):
         drv.cleanup()
 
 
-def test_create_snapshot(benchmark, big):
-    drv, _ = big
-    ids = (f"c{n}" for n in itertools.count())
-    made = []
-
-    def setup():
-        made.append(next(ids))
-        return (made[-1], "base"), {}
-
-    benchmark.pedantic(drv.create, setup=setup, rounds=100)
-    for layer in made:
-        drv.remove(layer)
-
-
-def test_remove(benchmark, big):
-    drv, _ = big
-    ids = (f"r{n}" for n in itertools.count())
-
-    def setup():
-        layer = next(ids)
-        drv.create(layer, "base")
-        return (layer,), {}
-
-    benchmark.pedantic(drv.remove, setup=setup, rounds=100)
-
-
-def test_mount_unmount(benchmark, big):
-    drv, _ = big
-
-    def cycle():
-        drv.mount("child")
-        drv.unmount("child")
-    benchmark(cycle)
-
-
 def _one_file_change(drv, counter=itertools.count()):
     def setup():
         path = drv.home / "subvolumes" / "child" / "d042" / "f007"
@@ -135,6 +100,41 @@ def test_diff_1_of_10000(benchmark, mode_driver):
 def test_diff_size_1_of_10000(benchmark, mode_driver):
     drv = mode_driver
     benchmark.pedantic(lambda: drv.diff_size("child"), setup=_one_file_change(drv), rounds=30)
+
+
+def test_create_snapshot(benchmark, big):
+    drv, _ = big
+    ids = (f"c{n}" for n in itertools.count())
+    made = []
+
+    def setup():
+        made.append(next(ids))
+        return (made[-1], "base"), {}
+
+    benchmark.pedantic(drv.create, setup=setup, rounds=100)
+    for layer in made:
+        drv.remove(layer)
+
+
+def test_remove(benchmark, big):
+    drv, _ = big
+    ids = (f"r{n}" for n in itertools.count())
+
+    def setup():
+        layer = next(ids)
+        drv.create(layer, "base")
+        return (layer,), {}
+
+    benchmark.pedantic(drv.remove, setup=setup, rounds=100)
+
+
+def test_mount_unmount(benchmark, big):
+    drv, _ = big
+
+    def cycle():
+        drv.mount("child")
+        drv.unmount("child")
+    benchmark(cycle)
 
 
 def _cli_cycle(src: Path, dst: Path) -> None:

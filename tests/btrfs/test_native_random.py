@@ -82,7 +82,7 @@ def test_random_edits_agree_with_the_walk(drv, base_ops, child_ops, parent_ops):
 
 
 @pytest.mark.slow
-@settings(max_examples=300, deadline=None, database=None, suppress_health_check=_quiet)
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=_quiet)
 @given(**edits)
 def test_many_random_edits_agree_with_the_walk(drv, base_ops, child_ops, parent_ops):
     _check(drv, base_ops, child_ops, parent_ops)
