@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shutil
 import threading
 from typing import Callable, Sequence, TypeVar
 
@@ -106,14 +107,24 @@ def in_directory(path: str | os.PathLike, fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
-def supports_lowerdir_plus(probe_dir: str | os.PathLike) -> tuple[bool, str]:
-    """Whether overlayfs takes ``lowerdir+`` through fsconfig (kernel >= 6.8), and why not."""
+def supports_lowerdir_plus(scratch_parent: str | os.PathLike) -> tuple[bool, str]:
+    """Whether overlayfs takes ``lowerdir+`` through fsconfig (kernel >= 6.8), and why not.
+
+    Kernels before 6.5 pass fsconfig keys through unchecked and only fail at
+    create time, so the probe builds a real (never attached) superblock over
+    two scratch directories.
+    """
+    scratch = os.path.join(os.fspath(scratch_parent), f".lowerdir-probe-{os.urandom(4).hex()}")
     try:
         fd = _fsopen("overlay")
     except OSError as exc:
         return False, f"fsopen unavailable ({exc.strerror})"
     try:
-        _fsconfig(fd, FSCONFIG_SET_STRING, "lowerdir+", os.fspath(probe_dir))
+        os.makedirs(os.path.join(scratch, "a"))
+        os.mkdir(os.path.join(scratch, "b"))
+        for name in ("a", "b"):
+            _fsconfig(fd, FSCONFIG_SET_STRING, "lowerdir+", os.path.join(scratch, name))
+        _fsconfig(fd, FSCONFIG_CMD_CREATE)
         return True, ""
     except OSError as exc:
         if exc.errno != errno.EINVAL:
@@ -121,6 +132,7 @@ def supports_lowerdir_plus(probe_dir: str | os.PathLike) -> tuple[bool, str]:
         return False, "this kernel's overlayfs has no lowerdir+ (needs Linux 6.8 or later)"
     finally:
         os.close(fd)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def mount_new_api(target: str, lowers: Sequence[str], upper: str | None, work: str | None,
