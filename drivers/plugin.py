@@ -63,6 +63,7 @@ class GraphDriverPlugin:
         self.init_home: str | None = None
         self.init_options: dict[str, str] = {}
         self._driver: Driver | None = None
+        self._loaded: tuple[Path, dict[str, str]] | None = None
         self._why_not = "the plugin has not received GraphDriver.Init from dockerd yet"
         self._lock = threading.Lock()     # guards Init (driver swap + state file)
         self.routes: dict[str, Callable[[Request, dict], Any]] = {
@@ -109,10 +110,16 @@ class GraphDriverPlugin:
             self._why_not = f"the storage driver could not be loaded: {exc}"
             log.error("%s", self._why_not)
 
-    def _load(self) -> Driver:
+    def _config(self) -> tuple[Path, dict[str, str]]:
+        """Where and how the driver runs: --home wins over Init's Home; Init's Opts
+        override the plugin's own options."""
         home = self.home if self.home is not None else Path(self.init_home)
-        options = {**self.options, **self.init_options}
+        return home, {**self.options, **self.init_options}
+
+    def _load(self) -> Driver:
+        home, options = self._config()
         driver = registry.load(self.driver_name, home, options)
+        self._loaded = (home, options)
         log.info("driver %s ready at %s", driver.name, driver.home)
         return driver
 
@@ -137,11 +144,10 @@ class GraphDriverPlugin:
                                   "supported by graphdrivers; start dockerd without it")
         options = _parse_opts(args.get("Opts"))
         with self._lock:
-            same = (self._driver is not None and home == self.init_home
-                    and options == self.init_options)
-            if not same:  # keep a loaded driver (and its mount counts) on a repeated Init
-                previous = (self.init_home, self.init_options)
-                self.init_home, self.init_options = home, options
+            previous = (self.init_home, self.init_options)
+            self.init_home, self.init_options = home, options
+            # keep a loaded driver (and its mount counts) when Init changes nothing for it
+            if self._driver is None or self._config() != self._loaded:
                 try:
                     self._driver = self._load()
                 except BaseException:

@@ -372,3 +372,25 @@ def test_oversized_json_body_is_refused_and_connection_survives(client):
     status, body = client.raw("GraphDriver.Create", b" " * (2 << 20) + b"{}")
     assert status == 500 and "larger than" in json.loads(body)["Err"]
     assert client.ok("GraphDriver.Exists", {"ID": L1}) == {"Exists": False}
+
+
+def test_init_keeps_the_loaded_driver_unless_its_config_changes(plugin_driver, plugin_env, tmp_path):
+    server = PluginServer(plugin_driver, tmp_path / "h", {}, plugin_env["socket"],
+                          state_dir=plugin_env["state"])
+    with running(server):
+        first = server.plugin._driver
+        c = Client(plugin_env["socket"])
+        c.ok("GraphDriver.Init", {"Home": str(plugin_env["home"])})   # --home wins: same driver
+        assert server.plugin._driver is first
+        c.ok("GraphDriver.Init", {"Home": str(plugin_env["home"])})   # dockerd restarted
+        assert server.plugin._driver is first
+        c.close()
+    moved = PluginServer(plugin_driver, None, {}, plugin_env["socket"],
+                         state_dir=plugin_env["state"])        # Home from Init: a new one reloads
+    with running(moved):
+        first = moved.plugin._driver
+        c = Client(plugin_env["socket"])
+        c.ok("GraphDriver.Init", {"Home": str(tmp_path / "elsewhere")})
+        assert moved.plugin._driver is not first
+        assert moved.plugin._driver.home == tmp_path / "elsewhere" / plugin_driver
+        c.close()
