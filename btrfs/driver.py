@@ -53,13 +53,13 @@ class BtrfsDriver(NaiveDiff, Driver):
         if self.min_space is not None and self.min_space <= 0:
             raise InvalidOption("btrfs.min_space must be a positive size, e.g. 1G")
         self.home.mkdir(mode=0o710, parents=True, exist_ok=True)
+        if self.min_space is not None:   # before any state exists: a refusal leaves nothing
+            self._enable_quotas()
         for sub in ("subvolumes", "quotas", "meta"):
             (self.home / sub).mkdir(mode=0o700, exist_ok=True)
         remove_stale_temps(self.home / "meta")
         remove_stale_temps(self.home / "quotas")
         self._drop_orphan_records()
-        if self.min_space is not None:
-            self._enable_quotas()
         self._locks = IdLocks()
         self._refs = RefCounter(lambda _path: False)   # a layer "mount" is a path, never a mount
 

@@ -11,17 +11,26 @@ import struct
 
 from . import ioctl
 
-try:  # imported lazily by the driver module only; a missing binding is not an error
-    import btrfsutil as _lib
-except ImportError:  # pragma: no cover - depends on the machine
-    _lib = None
-
 FORCE_IOCTL = os.environ.get("GRAPHDRIVERS_BTRFS_IOCTL", "") == "1"
+_UNLOADED = object()
+_binding = _UNLOADED
+
+
+def _load():
+    """The btrfsutil module, imported on first use; None when it is not installed."""
+    global _binding
+    if _binding is _UNLOADED:
+        try:
+            import btrfsutil
+            _binding = btrfsutil
+        except ImportError:   # no binding (or one that fails to load): use the ioctls
+            _binding = None
+    return _binding
 
 
 def backend() -> str:
-    """Which implementation is in use: "libbtrfsutil <version>" or "ioctl"."""
-    if _lib is not None and not FORCE_IOCTL:
+    """Which implementation is in use: "libbtrfsutil (btrfsutil <version>)" or "ioctl"."""
+    if _use_lib():
         try:
             from importlib.metadata import version
             return f"libbtrfsutil (btrfsutil {version('btrfsutil')})"
@@ -31,7 +40,7 @@ def backend() -> str:
 
 
 def _use_lib() -> bool:
-    return _lib is not None and not FORCE_IOCTL
+    return not FORCE_IOCTL and _load() is not None
 
 
 def _oserror(exc: Exception, path: str | os.PathLike) -> OSError:
@@ -48,9 +57,9 @@ def create(path: str | os.PathLike) -> None:
     """Make an empty subvolume at ``path``."""
     if _use_lib():
         try:
-            _lib.create_subvolume(os.fspath(path))
+            _binding.create_subvolume(os.fspath(path))
             return
-        except _lib.BtrfsUtilError as exc:
+        except _binding.BtrfsUtilError as exc:
             raise _oserror(exc, path) from None
     parent, name = os.path.split(os.path.abspath(path))
     fd = _open_dir(parent)
@@ -64,9 +73,9 @@ def snapshot(source: str | os.PathLike, path: str | os.PathLike, *, read_only: b
     """Make ``path`` a (writable unless read_only) snapshot of subvolume ``source``."""
     if _use_lib():
         try:
-            _lib.create_snapshot(os.fspath(source), os.fspath(path), read_only=read_only)
+            _binding.create_snapshot(os.fspath(source), os.fspath(path), read_only=read_only)
             return
-        except _lib.BtrfsUtilError as exc:
+        except _binding.BtrfsUtilError as exc:
             raise _oserror(exc, path) from None
     parent, name = os.path.split(os.path.abspath(path))
     src = _open_dir(source)
@@ -84,9 +93,9 @@ def delete(path: str | os.PathLike) -> None:
     """Delete one subvolume (it must hold no nested subvolume: ENOTEMPTY otherwise)."""
     if _use_lib():
         try:
-            _lib.delete_subvolume(os.fspath(path))
+            _binding.delete_subvolume(os.fspath(path))
             return
-        except _lib.BtrfsUtilError as exc:
+        except _binding.BtrfsUtilError as exc:
             raise _oserror(exc, path) from None
     parent, name = os.path.split(os.path.abspath(path))
     fd = _open_dir(parent)

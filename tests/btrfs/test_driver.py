@@ -76,8 +76,12 @@ def test_no_btrfs_command_is_run(drv, monkeypatch):
     assert drv.layers() == []
 
 
-def test_ioctl_fallback_without_the_binding(drv, monkeypatch):
-    monkeypatch.setattr(subvol, "FORCE_IOCTL", True)
+@pytest.mark.parametrize("why", ["binding missing", "ioctls forced"])
+def test_ioctl_fallback_without_the_binding(drv, monkeypatch, why):
+    if why == "binding missing":
+        monkeypatch.setattr(subvol, "_binding", None)
+    else:
+        monkeypatch.setattr(subvol, "FORCE_IOCTL", True)
     assert subvol.backend() == "ioctl"
     drv.create("base")
     (drv.mount("base") / "f").write_text("from base")
