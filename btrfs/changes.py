@@ -42,8 +42,11 @@ def changes(layer: str | os.PathLike, base: str | os.PathLike) -> list[Change] |
             return None          # not a snapshot of base: only a tree walk can tell
         if _has_nested(lfd, linfo.id) or _has_nested(bfd, binfo.id):
             return None          # a nested subvolume's files live in another tree
-        # Commit first: recent writes sit in delayed items and dirty pages that
-        # the tree search cannot see yet.
+        # Commit first: recent changes sit in delayed items the tree search
+        # cannot see yet. BTRFS_IOC_SYNC also writes dirty data back: a write in
+        # the same clock tick as the last change leaves mtime alone, and only the
+        # finished writeback then rewrites the inode item (a commit alone would
+        # miss a size change made that way).
         ioctl.sync(lfd)
         since = linfo.otransid
         candidates: set[str] = set()
