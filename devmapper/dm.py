@@ -431,7 +431,7 @@ def remove(name: str, *, deferred: bool = False, retries: int = 20) -> None:
 
 
 def cancel_deferred_remove(name: str) -> None:
-    """Undo a pending deferred remove (ENXIO if none is pending)."""
+    """Undo a pending deferred remove (a no-op on 6.1 when none is pending)."""
     message(name, "@cancel_deferred_remove")
 
 
