@@ -116,7 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if exc.name != "graphdrivers.plugin":
             raise
         raise CliError("the plugin server (graphdrivers.plugin) is not installed") from None
-    result = plugin.serve(args.driver, args.home, driver_options(args), args.socket)
+    extra = {"name": args.name} if args.name else {}
+    result = plugin.serve(args.driver, args.home, driver_options(args), args.socket, **extra)
     return result if isinstance(result, int) else 0
 
 
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="serve Docker's graph driver plugin protocol on a unix socket")
     p.add_argument("--socket", metavar="PATH",
                    help="socket to listen on (default: /run/docker/plugins/<name>.sock)")
+    p.add_argument("--name", help="plugin name for dockerd --storage-driver "
+                                  "(default: graphdrivers-<driver>)")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("bench", add_help=False, prefix_chars="\0",

@@ -14,7 +14,8 @@ from typing import Any
 from .cli import CliError, driver_options, emit_json
 
 POOL_DRIVER = "devicemapper"
-_SIZE_WORDS = ("size", "used", "total", "available", "free", "bytes")
+# integer fields shown in human units too (never counts, ids or percentages)
+_SIZE_SUFFIXES = ("_used", "_total", "_available", "_size", "_space", "_bytes")
 
 
 def add_commands(commands, common: argparse.ArgumentParser) -> None:
@@ -108,7 +109,7 @@ def print_status(status: dict, indent: str = "") -> None:
             print_status(value, indent + "  ")
         elif isinstance(value, bool) or value is None:
             print(f"{indent}{label}: {_plain(value)}")
-        elif isinstance(value, int) and any(word in key.lower() for word in _SIZE_WORDS):
+        elif isinstance(value, int) and key.lower().endswith(_SIZE_SUFFIXES):
             print(f"{indent}{label}: {format_size(value)} ({value} bytes)")
         elif isinstance(value, (list, tuple)):
             print(f"{indent}{label}: {', '.join(map(str, value)) or '-'}")

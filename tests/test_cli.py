@@ -383,3 +383,38 @@ def test_mount_outlives_the_process(name, tmp_path):
         if not mounted_after_exit:
             pytest.skip(f"{name} serves layers without a mount of its own")
         assert not still_mounted
+
+
+# -- pool administration (devicemapper: runs in the VM, scripts/vm-test) ---------------
+
+@pytest.mark.devicemapper
+def test_pool_status_and_resize(tmp_path):
+    backend = pytest.importorskip("backends.devicemapper")
+    with backend.backend(tmp_path) as (home, options):
+        common = ["--home", str(home), "--driver", "devicemapper"]
+        for key, value in options.items():
+            common += ["--storage-opt", f"{key}={value}"]
+        try:
+            before = json.loads(run(*common, "pool", "status", "--json").stdout)
+            for key in ("data_used", "data_total", "metadata_used", "metadata_total",
+                        "transaction_id", "thin_devices", "warnings"):
+                assert key in before, key
+            text = run(*common, "pool", "status").stdout.decode()
+            assert "Data total:" in text and "WARNING:" in text   # the loopback warning
+            # a home with devicemapper state needs no --driver
+            auto = json.loads(run("--home", str(home), "pool", "status", "--json").stdout)
+            assert auto["data_total"] == before["data_total"]
+
+            grown = before["data_total"] + (1 << 30)
+            after = json.loads(run(*common, "pool", "resize", "--json", "--storage-opt",
+                                   f"dm.loopdatasize={grown}").stdout)
+            assert after["data_total"] == grown
+            assert json.loads(run(*common, "pool", "status", "--json").stdout)["data_total"] \
+                == grown
+            shrink = run(*common, "pool", "resize", "--storage-opt",
+                         f"dm.loopdatasize={before['data_total']}", check=False)
+            assert_one_line_error(shrink)
+            assert json.loads(run(*common, "pool", "status", "--json").stdout)["data_total"] \
+                == grown
+        finally:
+            graphdrivers.load("devicemapper", home, options).cleanup()
