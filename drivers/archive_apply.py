@@ -245,7 +245,7 @@ class _Applier:
             raise
         return fd, real
 
-    def _parent(self, parts: list[bytes]) -> tuple[int, tuple[bytes, ...]]:
+    def _parent(self, parts: list[bytes], create: bool = True) -> tuple[int, tuple[bytes, ...]]:
         """fd of the directory holding ``parts[-1]`` (cached along the current path).
 
         Also sets ``parent_sgid``: new entries in a setgid directory take its group.
@@ -261,7 +261,7 @@ class _Applier:
         del stack[n:]
         for comp in parts[n:want]:
             fd, real = (stack[-1][1], stack[-1][2]) if stack else (self.root_fd, ())
-            new_fd, new_real = self._step(fd, real, comp, True, True, 0)
+            new_fd, new_real = self._step(fd, real, comp, create, True, 0)
             sgid = bool(os.fstat(new_fd).st_mode & stat.S_ISGID)
             stack.append((comp, new_fd, new_real, sgid))
         if not stack:
@@ -451,15 +451,18 @@ class _Applier:
     def finish(self) -> None:
         """Directory mtimes last: creating their contents changed them."""
         self._reset()
-        for parts, mtime in reversed(self.dir_times):
+        self.dir_times.sort()                 # neighbours share their parents' open fds
+        for parts, mtime in self.dir_times:
+            ns = (mtime * 10**9,) * 2
+            if not parts:
+                os.utime(self.root_fd, ns=ns)
+                continue
             try:
-                fd, _ = self._open_path(parts, False, True)
+                dfd, _ = self._parent(parts, create=False)
+                if stat.S_ISDIR(os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False).st_mode):
+                    os.utime(parts[-1], ns=ns, dir_fd=dfd, follow_symlinks=False)
             except (OSError, CorruptArchive):
-                continue                                  # replaced or removed later on
-            try:
-                os.utime(fd, ns=(mtime * 10**9,) * 2)
-            finally:
-                os.close(fd)
+                self.dirty = True                 # replaced or removed later on: skip it
 
 
 def _read_entries(inp: _Input, applier: _Applier) -> None:
@@ -520,7 +523,7 @@ def apply_tar(root: str | os.PathLike, stream: BinaryIO, *, fmt: WhiteoutFormat 
         raise CorruptArchive(f"truncated tar at {applier.name!r}: {exc}") from None
     except HeaderError as exc:
         raise CorruptArchive(f"corrupt tar after {applier.name!r}: {exc}") from None
-    except ValueError as exc:                            # e.g. NUL bytes in a PAX linkpath
+    except (ValueError, OverflowError) as exc:       # NUL in a PAX linkpath, uid > 2**32
         raise CorruptArchive(f"bad tar entry {applier.name!r}: {exc}") from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

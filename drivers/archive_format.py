@@ -8,6 +8,7 @@ that names which are not UTF-8 round-trip unchanged.
 from __future__ import annotations
 
 import base64
+from zlib import adler32
 from dataclasses import dataclass, field
 
 BLOCK = 512
@@ -90,7 +91,7 @@ def _ustar(name: bytes, prefix: bytes, typ: bytes, mode: int, uid: int, gid: int
         prefix.ljust(155, b"\0"),
         bytes(12),
     ))
-    checksum = b"%06o\0 " % sum(head)
+    checksum = b"%06o\0 " % _byte_sum(head)
     return head[:148] + checksum + head[156:]
 
 
@@ -132,10 +133,11 @@ def padding(size: int) -> int:
 
 # -- reading ----------------------------------------------------------------
 def _number(field_bytes: bytes, what: str) -> int:
-    try:                                   # fast path: "0000644\0" or "000644 \0"
-        return int(field_bytes[:-1], 8)
-    except ValueError:
-        pass
+    if field_bytes[-1:] in (b"\0", b" "):  # fast path: "0000644\0" or "000644 \0"
+        try:
+            return int(field_bytes[:-1], 8)
+        except ValueError:
+            pass
     if field_bytes[:1] and field_bytes[0] & 0x80:          # GNU base-256
         value = int.from_bytes(field_bytes, "big", signed=False)
         value &= (1 << (8 * len(field_bytes) - 1)) - 1
@@ -156,10 +158,23 @@ def _cstr(field_bytes: bytes) -> bytes:
     return field_bytes if end < 0 else field_bytes[:end]
 
 
+def _byte_sum(block: bytes) -> int:
+    """sum(block) for a 512-byte block, ~8x faster: Adler-32's low half is 1 + the sum
+    of the bytes mod 65521, exact for 256 bytes (at most 65280)."""
+    return (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
+
+
 def check(block: bytes) -> None:
     """Verify the header checksum (unsigned, or signed as some old writers computed it)."""
-    stored = _number(block[148:156], "checksum")
-    unsigned = sum(block) - sum(block[148:156]) + 256
+    stored = None
+    if block[154] < 48:                           # "%06o\0 ", the usual layout
+        try:
+            stored = int(block[148:154], 8)
+        except ValueError:
+            pass
+    if stored is None:
+        stored = _number(block[148:156], "checksum")
+    unsigned = _byte_sum(block) - sum(block[148:156]) + 256
     if stored != unsigned:
         signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
         if stored != signed:
@@ -175,16 +190,28 @@ def meta_size(block: bytes) -> int:
 def decode(block: bytes) -> Entry:
     """Parse one 512-byte header block (checksum verified)."""
     check(block)
-    name = _cstr(block[0:100])
+    end = block.find(b"\0", 0, 100)
+    name = block[:end] if end >= 0 else block[:100]
     if block[257:263] == b"ustar\x00":                     # POSIX: a prefix field may follow
         prefix = _cstr(block[345:500])
         if prefix:
             name = prefix + b"/" + name
     typ = block[156:157]
-    entry = Entry(name, typ, _number(block[100:108], "mode") & 0o7777,
-                  _number(block[108:116], "uid"), _number(block[116:124], "gid"),
-                  _number(block[124:136], "size"), _number(block[136:148], "mtime"),
-                  _cstr(block[157:257]))
+    try:
+        # inline fast path: octal digits ended by NUL or space (< "0") in the last byte;
+        # a field using all its bytes for digits (or base-256) takes the slow path
+        if not (block[107] < 48 and block[115] < 48 and block[123] < 48 and block[135] < 48
+                and block[147] < 48):
+            raise ValueError
+        mode, uid, gid = int(block[100:107], 8), int(block[108:115], 8), int(block[116:123], 8)
+        size, mtime = int(block[124:135], 8), int(block[136:147], 8)
+    except ValueError:
+        mode, uid, gid = (_number(block[100:108], "mode"), _number(block[108:116], "uid"),
+                          _number(block[116:124], "gid"))
+        size, mtime = _number(block[124:136], "size"), _number(block[136:148], "mtime")
+    end = block.find(b"\0", 157, 257)
+    entry = Entry(name, typ, mode & 0o7777, uid, gid, size, mtime,
+                  block[157:end] if end >= 0 else block[157:257])
     if typ == CHR or typ == BLK:
         entry.devmajor = _number(block[329:337], "devmajor")
         entry.devminor = _number(block[337:345], "devminor")

@@ -268,3 +268,32 @@ def test_custom_whiteout_format_hooks(tmp_path):
     apply_tar(dst, export_tree(root, fmt=Recorder()), fmt=Recorder())
     assert calls == [("wh", "deleted"), ("opq", [])]
     assert PLAIN.export_xattr("user.x") and not PLAIN.export_xattr("trusted.overlay.opaque")
+
+
+def test_header_number_encodings(tmp_path):
+    """Octal fields using all their bytes, a 7-digit checksum, GNU base-256 numbers."""
+    from graphdrivers.archive_format import _byte_sum, decode
+    info = tarfile.TarInfo("x")
+    info.size = 5
+    block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    block[108:116] = b"17654321"                    # uid: 8 digits, no terminator
+    block[148:156] = b" " * 8
+    block[148:156] = b"%07o\0" % _byte_sum(bytes(block))
+    entry = decode(bytes(block))
+    assert (entry.uid, entry.size) == (0o17654321, 5)
+    info = tarfile.TarInfo("y")
+    info.uid, info.size, info.mtime = 10**10, 3, 2**40
+    entry = decode(info.tobuf(tarfile.GNU_FORMAT)[:512])
+    assert (entry.uid, entry.size, entry.mtime) == (10**10, 3, 2**40)
+    for uid, ok in ((2**31, True), (10**10, False)):    # base-256; the second is no uid_t
+        big = tarfile.TarInfo(f"z{uid}")
+        big.uid = uid
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            tar.addfile(big, io.BytesIO(b""))
+        if ok:
+            apply_tar(tmp_path, io.BytesIO(data.getvalue()))
+            assert os.lstat(tmp_path / f"z{uid}").st_uid == uid
+        else:
+            with pytest.raises(CorruptArchive):
+                apply_tar(tmp_path, io.BytesIO(data.getvalue()))
