@@ -21,6 +21,7 @@ from .driver import Change, ChangeKind
 from .errors import DriverError
 
 CHUNK = 1 << 20
+DIRECT = 64 << 10          # files this big go out as their own chunks, not copied into a batch
 _TYPES = {stat.S_IFREG: REG, stat.S_IFDIR: DIR, stat.S_IFLNK: SYM, stat.S_IFCHR: CHR,
           stat.S_IFBLK: BLK, stat.S_IFIFO: FIFO}
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -32,6 +33,9 @@ class _Writer:
 
     def __init__(self, fmt: WhiteoutFormat):
         self.fmt = fmt
+        # PLAIN's hooks never say yes: skip calling them (and decoding every path)
+        self.whiteouts = type(fmt).export_whiteout is not WhiteoutFormat.export_whiteout
+        self.opaques = type(fmt).export_opaque is not WhiteoutFormat.export_opaque
         self.out = bytearray()
         self.links: dict[tuple[int, int], bytes] = {}
         self.open_flags = _OPEN_FLAGS | _NOATIME
@@ -64,7 +68,7 @@ class _Writer:
         typ = _TYPES.get(stat.S_IFMT(fmt))
         if typ is None:                      # sockets and doors are not carried by tar
             return
-        if self.fmt.export_whiteout(os.fsdecode(path), st):
+        if self.whiteouts and self.fmt.export_whiteout(os.fsdecode(path), st):
             self.whiteout(rel, st.st_mtime_ns // 1_000_000_000)
             return
         entry = Entry(name=rel, type=typ, mode=stat.S_IMODE(fmt), uid=st.st_uid, gid=st.st_gid,
@@ -85,7 +89,7 @@ class _Writer:
             yield from self._file(path, entry, st.st_size)
             return
         self.out += encode(entry)
-        if typ == DIR and self.fmt.export_opaque(os.fsdecode(path)):
+        if typ == DIR and self.opaques and self.fmt.export_opaque(os.fsdecode(path)):
             self.out += encode(Entry(name=rel + b"/" + WH_OPAQUE, type=REG, mode=0,
                                      uid=entry.uid, gid=entry.gid, mtime=entry.mtime))
         if len(self.out) >= CHUNK:
@@ -105,7 +109,7 @@ class _Writer:
             entry.size = size
             self.out += encode(entry)
             left = size
-            if size < CHUNK:
+            if size < DIRECT:
                 while left:
                     data = os.read(fd, left)
                     if not data:
@@ -149,7 +153,8 @@ def _tree(writer: _Writer, path: bytes, rel: bytes) -> Iterator[bytes]:
         except FileNotFoundError:             # removed while we walk
             continue
         yield from writer.add(child, child_rel, st)
-        if stat.S_ISDIR(st.st_mode) and not writer.fmt.export_whiteout(os.fsdecode(child), st):
+        if stat.S_ISDIR(st.st_mode) and not (
+                writer.whiteouts and writer.fmt.export_whiteout(os.fsdecode(child), st)):
             yield from _tree(writer, child, child_rel)
 
 

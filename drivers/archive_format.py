@@ -72,38 +72,37 @@ def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
+_M8, _M12 = _MAX_OCTAL[8], _MAX_OCTAL[12]
+_MAGIC_AND_OWNERS = _USTAR_MAGIC + bytes(64)      # uname, gname empty: numeric owners only
+
+
 def _ustar(name: bytes, prefix: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int,
            mtime: int, linkname: bytes, devmajor: int, devminor: int) -> bytes:
-    head = b"".join((
-        name.ljust(100, b"\0"),
-        b"%07o\0" % mode,
-        _octal(uid, 8) or b"0000000\0",
-        _octal(gid, 8) or b"0000000\0",
-        _octal(size, 12) or b"00000000000\0",
-        _octal(mtime, 12) or b"00000000000\0",
-        b"        ",
-        typ,
-        linkname.ljust(100, b"\0"),
-        _USTAR_MAGIC,
-        bytes(64),                       # uname, gname: numeric owners only
-        _octal(devmajor, 8) or b"0000000\0",
-        _octal(devminor, 8) or b"0000000\0",
-        prefix.ljust(155, b"\0"),
-        bytes(12),
-    ))
-    checksum = b"%06o\0 " % _byte_sum(head)
-    return head[:148] + checksum + head[156:]
+    """One ustar block; values that do not fit are zeroed (a PAX record carries them)."""
+    head = b"%s%07o\0%07o\0%07o\0%011o\0%011o\0        %s%s%s%07o\0%07o\0%s" % (
+        name.ljust(100, b"\0"), mode,
+        uid if 0 <= uid <= _M8 else 0, gid if 0 <= gid <= _M8 else 0,
+        size if 0 <= size <= _M12 else 0, mtime if 0 <= mtime <= _M12 else 0,
+        typ, linkname.ljust(100, b"\0"), _MAGIC_AND_OWNERS,
+        devmajor if 0 <= devmajor <= _M8 else 0, devminor if 0 <= devminor <= _M8 else 0,
+        prefix.ljust(167, b"\0"))
+    return b"%s%06o\0 %s" % (head[:148], _byte_sum(head), head[156:])
 
 
 def encode(entry: Entry) -> bytes:
     """Header block(s) for ``entry``: a PAX extended header first when ustar cannot hold it."""
     name = entry.name + b"/" if entry.type == DIR and entry.name else entry.name
+    linkname = entry.linkname
+    if (len(name) <= 100 and len(linkname) <= 100 and not entry.xattrs
+            and 0 <= entry.uid <= _M8 and 0 <= entry.gid <= _M8 and 0 <= entry.size <= _M12
+            and 0 <= entry.mtime <= _M12 and name.isascii() and linkname.isascii()):
+        return _ustar(name, b"", entry.type, entry.mode & 0o7777, entry.uid, entry.gid,
+                      entry.size, entry.mtime, linkname, entry.devmajor, entry.devminor)
     pax: list[bytes] = []
     split = _split_name(name)
     if split is None or not name.isascii():
         pax.append(_pax_record(b"path", name))
         split = (b"", name[:100])
-    linkname = entry.linkname
     if len(linkname) > 100 or not linkname.isascii():
         pax.append(_pax_record(b"linkpath", linkname))
         linkname = linkname[:100]
@@ -221,52 +220,57 @@ def decode(block: bytes) -> Entry:
 def parse_pax(data: bytes) -> dict[bytes, bytes]:
     """PAX extended header records -> {key: value} (values raw bytes)."""
     records: dict[bytes, bytes] = {}
-    pos = 0
-    while pos < len(data):
+    pos, n = 0, len(data)
+    while pos < n:
         if data[pos] == 0:            # trailing NUL padding some writers leave
             break
-        space = data.find(b" ", pos)
-        if space < 0:
-            raise HeaderError("malformed PAX record (no length)")
+        space = data.find(b" ", pos, pos + 24)
         try:
-            length = int(data[pos:space])
+            end = pos + int(data[pos:space])
         except ValueError:
             raise HeaderError("malformed PAX record length") from None
-        end = pos + length
-        if length <= 0 or end > len(data) or data[end - 1:end] != b"\n":
-            raise HeaderError("malformed PAX record (bad length)")
-        key, sep, value = data[space + 1:end - 1].partition(b"=")
-        if not sep:
-            raise HeaderError("malformed PAX record (no '=')")
-        records[key] = value
+        equals = data.find(b"=", space, end)
+        if space < 0 or end <= space or end > n or data[end - 1] != 10 or equals < 0:
+            raise HeaderError("malformed PAX record")
+        records[data[space + 1:equals]] = data[equals + 1:end - 1]
         pos = end
     return records
 
 
+_PAX_SIMPLE = {b"path", b"linkpath", b"size", b"uid", b"gid", b"mtime", b"atime", b"ctime",
+               b"uname", b"gname", b"comment", b"charset", b"hdrcharset"}
+
+
 def apply_pax(entry: Entry, records: dict[bytes, bytes]) -> None:
     """Override header fields from PAX records (path, linkpath, size, ids, mtime, xattrs)."""
-    for key, value in records.items():
-        try:
-            if key == b"path":
-                entry.name = value
-            elif key == b"linkpath":
-                entry.linkname = value
-            elif key == b"size":
-                entry.size = int(value)
-            elif key == b"uid":
-                entry.uid = int(value)
-            elif key == b"gid":
-                entry.gid = int(value)
-            elif key == b"mtime":
-                entry.mtime = int(float(value))
-            elif key.startswith(b"SCHILY.xattr."):
-                entry.xattrs[key[13:].decode("utf-8", "surrogateescape")] = value
-            elif key.startswith(b"LIBARCHIVE.xattr."):
-                name = key[17:].decode("utf-8", "surrogateescape")
-                entry.xattrs[name] = base64.b64decode(value + b"=" * (-len(value) % 4))
-            elif key.startswith(b"GNU.sparse."):
-                raise HeaderError("sparse tar entries are not supported in layers")
-        except (ValueError, OverflowError):
-            raise HeaderError(f"bad PAX record {key!r}={value[:40]!r}") from None
+    get = records.get
+    try:
+        if (value := get(b"path")) is not None:
+            entry.name = value
+        if (value := get(b"linkpath")) is not None:
+            entry.linkname = value
+        if (value := get(b"size")) is not None:
+            entry.size = int(value)
+        if (value := get(b"uid")) is not None:
+            entry.uid = int(value)
+        if (value := get(b"gid")) is not None:
+            entry.gid = int(value)
+        if (value := get(b"mtime")) is not None:
+            entry.mtime = int(float(value)) if b"." in value else int(value)
+    except (ValueError, OverflowError):
+        raise HeaderError("bad numeric PAX record") from None
     if entry.size < 0 or entry.uid < 0 or entry.gid < 0:
         raise HeaderError("negative size or owner in PAX header")
+    for key, value in records.items():
+        if key in _PAX_SIMPLE:
+            continue
+        if key.startswith(b"SCHILY.xattr."):
+            entry.xattrs[key[13:].decode("utf-8", "surrogateescape")] = value
+        elif key.startswith(b"LIBARCHIVE.xattr."):
+            name = key[17:].decode("utf-8", "surrogateescape")
+            try:
+                entry.xattrs[name] = base64.b64decode(value + b"=" * (-len(value) % 4))
+            except ValueError:
+                raise HeaderError(f"bad PAX record {key!r}") from None
+        elif key.startswith(b"GNU.sparse."):
+            raise HeaderError("sparse tar entries are not supported in layers")
