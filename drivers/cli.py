@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
-        sys.stderr.write("\n")
+        sys.stderr.write(f"\n{PROG}: interrupted\n")
         return 130
     except BrokenPipeError:
         # the reader went away (`| head`): not an error worth a message
