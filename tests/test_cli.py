@@ -286,6 +286,7 @@ def test_errors_are_one_line(vfs, home):
         (("layer", "create", "bad/id"), ["bad/id"]),
         (("layer", "create", "base"), ["base"]),                          # exists
         (("layer", "create", "--parent", "nothere", "child"), ["nothere"]),
+        (("layer", "create", "--rw", "--storage-opt", "bogus=1", "child"), ["bogus"]),
         (("layer", "apply", "base", "/nonexistent/file.tar"), ["/nonexistent/file.tar"]),
     ]
     for args, words in cases:
