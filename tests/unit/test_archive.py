@@ -297,3 +297,30 @@ def test_header_number_encodings(tmp_path):
         else:
             with pytest.raises(CorruptArchive):
                 apply_tar(tmp_path, io.BytesIO(data.getvalue()))
+
+
+def test_apply_owner_in_setgid_directory(tmp_path):
+    """New entries in a setgid directory would take its group: the tar's owner must win."""
+    root = tmp_path / "layer"
+    (root / "shared").mkdir(parents=True)
+    os.chown(root / "shared", 0, 50)
+    os.chmod(root / "shared", 0o2775)
+    apply_tar(root, io.BytesIO(_tar([_file("shared/f", uid=0, gid=0),
+                                     _dir("shared/d", uid=0, gid=0),
+                                     _file("top", uid=0, gid=0)])))
+    for name in ("shared/f", "shared/d", "top"):
+        st = os.lstat(root / name)
+        assert (st.st_uid, st.st_gid) == (0, 0), name
+    assert stat.S_IMODE(os.lstat(root / "shared/d").st_mode) == 0o755   # no inherited setgid
+
+
+def test_apply_into_existing_tree_keeps_unrelated_entries(tmp_path):
+    root = tmp_path / "layer"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/keep").write_bytes(b"k")
+    (root / "etc/replace").write_bytes(b"old contents")
+    size = apply_tar(root, io.BytesIO(_tar([_dir("etc"), _file("etc/replace", b"new"),
+                                            _file("etc/replace", b"newer")])))
+    assert size == 8
+    assert (root / "etc/keep").read_bytes() == b"k"
+    assert (root / "etc/replace").read_bytes() == b"newer"
