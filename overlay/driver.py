@@ -9,7 +9,7 @@ Docker's layout (see layout.py), with what Docker left open:
 - create and remove are atomic (build in a temp dir and rename; rename into
   the trash first), so a crash never leaves a half layer behind.
 
-Test switches (documented in docs/ and used by tests/overlay/):
+Test switches (used by tests/overlay/ and the benchmarks):
 - ``GRAPHDRIVERS_OVERLAY2_MOUNT=legacy`` or ``Overlay2Driver(..., mount_method="legacy")``
   forces mount(2) even where the new mount API works;
 - ``GRAPHDRIVERS_OVERLAY2_NAIVE_DIFF=1`` or ``naive_diff=True`` forces the naive diff.
@@ -113,7 +113,8 @@ class Overlay2Driver(NaiveDiff, Driver):
     def _choose_mount_method(self, forced: str | None) -> None:
         forced = forced or os.environ.get("GRAPHDRIVERS_OVERLAY2_MOUNT") or None
         if forced not in (None, "legacy", "new"):
-            raise ValueError(f"mount_method must be 'legacy' or 'new', not {forced!r}")
+            raise InvalidOption(f"overlay2 mount method must be 'legacy' or 'new', not {forced!r} "
+                                "(GRAPHDRIVERS_OVERLAY2_MOUNT)")
         if forced == "legacy":
             self._new_api, self._api_reason = False, "forced by the test switch"
         else:
