@@ -50,8 +50,13 @@ def changes(layer: str | os.PathLike, base: str | os.PathLike) -> list[Change] |
         ioctl.sync(lfd)
         since = linfo.otransid
         candidates: set[str] = set()
-        for fd, tree in ((lfd, linfo.id), (bfd, binfo.id)):
-            candidates.update(_paths_of(fd, tree, _changed_inodes(fd, tree, since)))
+        sides = ((lfd, linfo.id, bfd, binfo.id), (bfd, binfo.id, lfd, linfo.id))
+        for fd, tree, other_fd, other_tree in sides:
+            changed = ioctl.changed_inodes(fd, tree, since)
+            real = [ino for ino, item in changed.items()
+                    if not _only_atime(item, ioctl.inode_item(other_fd, other_tree, ino),
+                                       since, linfo.otime)]
+            candidates.update(_paths_of(fd, tree, real))
     finally:
         os.close(lfd)
         os.close(bfd)
@@ -65,16 +70,38 @@ def _has_nested(fd: int, tree: int) -> bool:
     return False
 
 
-def _changed_inodes(fd: int, tree: int, since: int) -> list[int]:
-    """Inodes of ``tree`` whose inode item was written after transaction ``since``."""
-    found = []
-    for item in ioctl.tree_search(fd, tree, (ioctl.FIRST_FREE_OBJECTID, 0, 0),
-                                  (ioctl.LAST_FREE_OBJECTID, 255, ioctl.U64_MAX),
-                                  min_transid=since + 1):
-        # the search returns whole leaves written since; keep inodes that changed
-        if item.type == ioctl.INODE_ITEM_KEY and struct.unpack_from("=Q", item.data, 8)[0] > since:
-            found.append(item.objectid)
-    return found
+# struct btrfs_inode_item: generation, transid, size, nbytes, block_group, nlink, uid,
+# gid, mode, rdev, flags, sequence, reserved[4], then atime, ctime, mtime, otime
+# (u64 seconds + u32 nanoseconds each).
+_TRANSID = slice(8, 16)
+_ATIME = slice(112, 124)
+
+
+def _masked(item: bytes) -> bytes:
+    raw = bytearray(item)
+    raw[_TRANSID] = bytes(8)
+    raw[_ATIME] = bytes(12)
+    return bytes(raw)
+
+
+def _only_atime(item: bytes, other: bytes | None, since: int, snapshot_time: float) -> bool:
+    """True if this inode differs from the other tree's copy in its access time only.
+
+    Reads rewrite inode items too (relatime), and would make every directory a
+    container listed, or a naive diff walked, a candidate. Everything the
+    comparison looks at lives in the item (mode, owner, size, mtime, ...) except
+    directory entries and xattrs; adding, removing or renaming an entry and
+    setting an xattr bump the item's ``sequence`` (i_version) and ctime, which
+    atime updates never touch. So equal items (atime and transid aside) mean an
+    equal inode when the other copy is unchanged since the snapshot, or when
+    both were last changed (ctime) well before the snapshot was taken.
+    """
+    if other is None or _masked(item) != _masked(other):
+        return False
+    if struct.unpack_from("=Q", other, 8)[0] <= since:
+        return True
+    ctime_sec, ctime_nsec = struct.unpack_from("=QI", item, 124)
+    return ctime_sec + ctime_nsec / 1e9 < snapshot_time - 1.0
 
 
 def _paths_of(fd: int, tree: int, inodes: Iterable[int]) -> set[str]:
@@ -112,6 +139,19 @@ def _paths_of(fd: int, tree: int, inodes: Iterable[int]) -> set[str]:
 
 # The entry comparison is the naive walk's own, so both paths agree by construction.
 from graphdrivers.changes import _differs  # noqa: E402
+
+
+def _listdir(path: str) -> list[str]:
+    """Names in a directory, read without touching its atime (which would rewrite
+    its inode item and make it a candidate the next time)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOATIME)
+    except PermissionError:      # O_NOATIME needs ownership or CAP_FOWNER
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -166,7 +206,7 @@ class _Walker:
                 self._added_dir(rel, out)
             elif not stat.S_ISDIR(old.st_mode):
                 # a file became a directory: every child is new
-                for name in sorted(os.listdir(self._new(rel))):
+                for name in sorted(_listdir(self._new(rel))):
                     self._child(rel, name, None, out)
             elif rel in self.candidates or new.st_ino != old.st_ino:
                 self._full_compare(rel, out)
@@ -181,7 +221,7 @@ class _Walker:
         return f"{rel}/{name}" if rel else name
 
     def _added_dir(self, rel: str, out: list[Change]) -> None:
-        for name in sorted(os.listdir(self._new(rel))):
+        for name in sorted(_listdir(self._new(rel))):
             self._child(rel, name, None, out)
 
     def _child(self, rel: str, name: str, old: os.stat_result | None, out: list[Change]) -> None:
@@ -190,8 +230,8 @@ class _Walker:
         self.visit(child, new, old, listed=False, out=out)
 
     def _full_compare(self, rel: str, out: list[Change]) -> None:
-        new_names = set(os.listdir(self._new(rel)))
-        old_names = set(os.listdir(self._old(rel)))
+        new_names = set(_listdir(self._new(rel)))
+        old_names = set(_listdir(self._old(rel)))
         wanted = self.children.get(rel, set())
         for name in sorted(new_names):
             if name not in old_names:

@@ -12,6 +12,8 @@ import os
 import shutil
 import stat
 import tarfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -154,6 +156,29 @@ def test_many_files_one_change_touches_little(drv, monkeypatch):
     monkeypatch.setattr(native.os, "listdir", lambda p: opened.append(p) or real_listdir(p))
     assert native.changes(root, base) == compare_trees(root, base)
     assert len(opened) <= 2, opened     # not 21 directories
+
+
+@pytest.mark.parametrize("readers", ["container", "container and naive diff"])
+def test_reads_are_not_changes(drv, monkeypatch, readers):
+    """Reading every directory and file (relatime rewrites inode items) adds no work."""
+    drv.create("base")
+    base = drv.home / "subvolumes" / "base"
+    for d in range(20):
+        for f in range(20):
+            write(base, f"d{d}/f{f}", "x")
+    if readers != "container":
+        time.sleep(1.1)     # an image layer is older than its containers' snapshots
+    root = _child(drv)
+    for tree in (root, base) if readers != "container" else (root,):
+        for dirpath, _dirs, files in os.walk(tree):
+            for name in files:
+                (Path(dirpath) / name).read_bytes()
+    write(root, "d7/f3", "changed")
+    opened = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(native.os, "listdir", lambda p: opened.append(p) or real_listdir(p))
+    assert native.changes(root, base) == compare_trees(root, base)
+    assert len(opened) <= 2, opened
 
 
 def test_declines_what_it_cannot_answer(drv):

@@ -17,7 +17,7 @@ from conformance.helpers import CAPABILITY, content
 NAMES = ["a", "b", "c", "dd"]
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
 OPS = ["write", "append", "truncate", "unlink", "rmtree", "mkdir", "rename", "chmod", "chown",
-       "symlink", "link", "utime", "setcap", "dropcap", "recreate"]
+       "symlink", "link", "utime", "setcap", "dropcap", "recreate", "read", "read"]
 op = st.tuples(st.sampled_from(OPS), paths, paths, st.integers(0, 5000))
 _ids = itertools.count()
 
@@ -58,6 +58,12 @@ def _apply(root, kind: str, p: str, q: str, n: int) -> None:
             os.setxattr(a, "security.capability", CAPABILITY, follow_symlinks=False)
         elif kind == "dropcap":
             os.removexattr(a, "security.capability", follow_symlinks=False)
+        elif kind == "read":      # updates atime (relatime): must not count as a change
+            if os.path.isdir(a):
+                os.listdir(a)
+            else:
+                with open(a, "rb") as f:
+                    f.read()
         elif kind == "recreate":   # same name, new inode, same stat as far as the walk looks
             st_ = os.lstat(a)
             data = open(a, "rb").read()
