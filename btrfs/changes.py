@@ -5,15 +5,17 @@ Docker's btrfs driver walks both trees for every diff (moby#10091). Here:
 1. A snapshot made in transaction T starts as the parent's tree. Any inode
    changed since, on either side, has its inode item rewritten with a
    ``transid`` > T. The tree search ioctl with ``min_transid=T+1`` skips every
-   subtree older than that, so it visits only the leaves written since.
+   subtree older than that, so it visits only the leaves written since. An
+   inode whose item differs from the other tree's only in atime (a read under
+   relatime) is not a change (_only_atime).
 2. The changed inodes' names (INODE_REF/EXTREF items, plus INO_LOOKUP for the
    directory path) give candidate paths in each tree. Creating, renaming,
    linking or deleting an entry rewrites the directory's inode item, and
    putting an inode at a new name rewrites that inode's (ctime), so every
    path whose entry changed is a candidate or sits in a candidate directory.
 3. The naive walk's own entry comparison (graphdrivers.changes) then runs on
-   the candidates and their ancestors only; directories that are neither changed nor above a
-   change are never opened.
+   the candidates and their ancestors only; directories that are neither
+   changed nor above a change are never opened.
 
 The result is exactly what the full tree walk gives (tests prove it on the
 conformance cases and on random trees). ``changes`` returns None when the
