@@ -21,10 +21,11 @@ from typing import BinaryIO
 
 from . import archive_format as tf
 from .archive_format import BLOCK, ZERO_BLOCK, Entry, HeaderError
+from .archive_input import TarInput as _Input
+from .archive_input import Truncated as _Truncated
 from .archive_whiteout import PLAIN, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, WhiteoutFormat
 from .errors import CorruptArchive, DriverError, NoSpace
 
-BUFSIZE = 1 << 20
 MAX_META = 16 << 20          # largest PAX / GNU long-name data we hold in memory
 MAX_SYMLINK_HOPS = 40
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -32,89 +33,6 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 _REGULAR = {tf.REG, tf.AREG, tf.CONT}
 _META = {tf.PAX_X, tf.PAX_G, tf.GNU_LONGNAME, tf.GNU_LONGLINK}
 _NODES = {tf.CHR: stat.S_IFCHR, tf.BLK: stat.S_IFBLK, tf.FIFO: stat.S_IFIFO}
-
-
-class _Truncated(Exception):
-    pass
-
-
-class _Input:
-    """Buffered reader over the tar stream with one reusable 1 MiB buffer."""
-
-    def __init__(self, stream: BinaryIO):
-        self.stream = stream
-        self.buf = bytearray(BUFSIZE)
-        self.view = memoryview(self.buf)
-        self.pos = self.end = 0
-        self._readinto = getattr(stream, "readinto", None)
-
-    def _read_more(self) -> int:
-        """Read into buf[end:]; return bytes added (0 at end of stream)."""
-        if self._readinto is not None:
-            n = self._readinto(self.view[self.end:])
-            if n is None:
-                raise DriverError("the tar stream is non-blocking and had no data")
-        else:
-            data = self.stream.read(len(self.buf) - self.end)
-            n = len(data)
-            self.buf[self.end:self.end + n] = data
-        self.end += n
-        return n
-
-    def take(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (n <= MAX_META)."""
-        if self.end - self.pos >= n:
-            out = bytes(self.view[self.pos:self.pos + n])
-            self.pos += n
-            return out
-        parts = [bytes(self.view[self.pos:self.end])]
-        have = self.end - self.pos
-        self.pos = self.end = 0
-        while have < n:
-            if not self._read_more():
-                raise _Truncated(f"stream ended {n - have} bytes early")
-            k = min(n - have, self.end - self.pos)
-            parts.append(bytes(self.view[self.pos:self.pos + k]))
-            self.pos += k
-            have += k
-        return b"".join(parts)
-
-    def at_eof(self) -> bool:
-        if self.pos < self.end:
-            return False
-        self.pos = self.end = 0
-        return self._read_more() == 0
-
-    def copy(self, fd: int, n: int) -> None:
-        """Write the next ``n`` bytes of the stream to ``fd``."""
-        while n:
-            if self.pos == self.end:
-                self.pos = self.end = 0
-                if not self._read_more():
-                    raise _Truncated(f"stream ended {n} bytes early inside file data")
-            k = min(n, self.end - self.pos)
-            chunk = self.view[self.pos:self.pos + k]
-            while chunk:
-                written = os.write(fd, chunk)
-                chunk = chunk[written:]
-            self.pos += k
-            n -= k
-
-    def skip(self, n: int) -> None:
-        while n:
-            if self.pos == self.end:
-                self.pos = self.end = 0
-                if not self._read_more():
-                    raise _Truncated(f"stream ended {n} bytes early")
-            k = min(n, self.end - self.pos)
-            self.pos += k
-            n -= k
-
-    def drain(self) -> None:
-        """Read the rest (padding after the end marker) so a sender is not cut off."""
-        self.pos = self.end = 0
-        while self._read_more():
-            self.pos = self.end = 0
 
 
 def _umask() -> int | None:
