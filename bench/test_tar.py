@@ -179,6 +179,46 @@ def test_export_gnu_tar(benchmark, layer, work):
     _record("tar -c", benchmark)
 
 
+@pytest.fixture(scope="session")
+def vfs(work):
+    import graphdrivers
+    driver = graphdrivers.load("vfs", work / "vfs-home")
+    yield driver
+    driver.cleanup()
+
+
+def test_vfs_apply_diff(benchmark, layer, vfs):
+    """The same through the driver: Driver.apply_diff into a fresh vfs layer."""
+    tree, tar = layer
+
+    def setup():
+        if vfs.exists("bench"):
+            vfs.remove("bench")
+        vfs.create("bench")
+
+    def run():
+        with open(tar, "rb") as stream:
+            return vfs.apply_diff("bench", None, stream)
+    assert benchmark.pedantic(_cpu_timed("vfs.apply_diff", run), setup=setup, rounds=ROUNDS) > 0
+    _record("vfs.apply_diff", benchmark)
+
+
+def test_vfs_diff(benchmark, layer, vfs, work):
+    """Driver.diff of that whole layer, drained into a file."""
+    out = work / "vfs-diff.tar"
+    if not vfs.exists("bench"):
+        vfs.create("bench")
+        with open(layer[1], "rb") as stream:
+            vfs.apply_diff("bench", None, stream)
+
+    def run():
+        with vfs.diff("bench") as stream, open(out, "wb", buffering=0) as f:
+            shutil.copyfileobj(stream, f)
+    benchmark.pedantic(_cpu_timed("vfs.diff", run), setup=lambda: out.unlink(missing_ok=True),
+                       rounds=ROUNDS)
+    _record("vfs.diff", benchmark)
+
+
 _PIPELINE = """
 import resource, sys
 from graphdrivers.archive import apply_tar, export_tree
@@ -213,7 +253,8 @@ def test_peak_memory_of_a_1gb_layer(layer, work):
 def _report() -> None:
     r = RESULTS
     lines = ["", "== layer tar throughput ==", json.dumps(r.get("layer", {}))]
-    for ours, theirs in (("apply_tar", "tar -x"), ("export_tree", "tar -c")):
+    for ours, theirs in (("apply_tar", "tar -x"), ("export_tree", "tar -c"),
+                         ("vfs.apply_diff", "tar -x"), ("vfs.diff", "tar -c")):
         if ours in r and theirs in r:
             ratio = r[theirs]["min_s"] / r[ours]["min_s"]
             cpu_ratio = r[theirs]["min_cpu_s"] / max(r[ours]["min_cpu_s"], 1e-9)
