@@ -403,6 +403,7 @@ def _read_entries(inp: _Input, applier: _Applier) -> None:
     long_name: bytes | None = None
     long_link: bytes | None = None
     pax: dict[bytes, bytes] = {}
+    pending = 0                       # metadata bytes held for the next entry
     first = True
     while True:
         if first and inp.at_eof():
@@ -418,8 +419,10 @@ def _read_entries(inp: _Input, applier: _Applier) -> None:
         typ = block[156:157]
         if typ in _META:
             size = tf.meta_size(block)
-            if size > MAX_META:
-                raise CorruptArchive(f"tar metadata entry of {size} bytes is too large")
+            pending += size
+            if pending > MAX_META:
+                raise CorruptArchive(f"tar metadata (PAX or long-name headers) of more than "
+                                     f"{MAX_META >> 20} MiB for one entry: refusing it")
             data = inp.take(size)
             inp.skip(tf.padding(size))
             if typ == tf.PAX_X:
@@ -438,6 +441,7 @@ def _read_entries(inp: _Input, applier: _Applier) -> None:
             tf.apply_pax(entry, pax)
         long_name = long_link = None
         pax = {}
+        pending = 0
         applier.entry(entry, inp)
 
 
@@ -447,7 +451,10 @@ def apply_tar(root: str | os.PathLike, stream: BinaryIO, *, fmt: WhiteoutFormat 
     Raises CorruptArchive for a truncated, malformed or hostile tar (nothing is
     ever written outside ``root``), NoSpace when the disk or quota is full.
     """
-    applier = _Applier(root, fmt)
+    try:
+        applier = _Applier(root, fmt)
+    except OSError as exc:
+        raise DriverError(f"cannot unpack into {root}: {exc.strerror}") from exc
     inp = _Input(stream)
     try:
         _read_entries(inp, applier)

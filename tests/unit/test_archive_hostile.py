@@ -160,3 +160,18 @@ def test_unsupported_entry_types(place):
 def test_root_entry_must_be_a_directory(place):
     layer, _ = place
     _apply_fails(layer, _tar((_info("./"), b"x")), "root")
+
+
+def test_missing_root_is_a_driver_error(tmp_path):
+    with pytest.raises(DriverError, match="cannot unpack"):
+        apply_tar(tmp_path / "missing", io.BytesIO(_tar((_info("f"), b"x"))))
+
+
+def test_oversized_metadata_is_refused(tmp_path):
+    """PAX data is held in memory: a huge header must not be, memory stays bounded."""
+    from graphdrivers.archive_format import PAX_X, _ustar
+    size = 17 << 20
+    header = _ustar(b"pax", b"", PAX_X, 0o644, 0, 0, size, 0, b"", 0, 0)
+    stream = io.BytesIO(header + b"\0" * (size + 1024))
+    with pytest.raises(CorruptArchive, match="MiB"):
+        apply_tar(tmp_path, stream)
