@@ -324,3 +324,17 @@ def test_apply_into_existing_tree_keeps_unrelated_entries(tmp_path):
     assert size == 8
     assert (root / "etc/keep").read_bytes() == b"k"
     assert (root / "etc/replace").read_bytes() == b"newer"
+
+
+def test_gnu_tar_reads_our_output(tmp_path):
+    """Our tars are standard: GNU tar unpacks them to the same tree."""
+    import subprocess
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build_tree(src)
+    dst.mkdir()
+    tar = tmp_path / "ours.tar"
+    with export_tree(src) as stream, open(tar, "wb") as f:
+        f.write(stream.read())
+    subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf",
+                    str(tar), "-C", str(dst)], check=True)
+    assert_same(snapshot(src), snapshot(dst))
