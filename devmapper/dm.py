@@ -189,12 +189,14 @@ def _cstr(view: memoryview | bytes, offset: int = 0) -> str:
 
 def available() -> str | None:
     """None when device-mapper thin provisioning can be used here, else why not."""
+    hint = "no device-mapper in this kernel ({}; run the tests with scripts/vm-test)"
     if not os.path.exists(CONTROL):
-        return (f"no device-mapper in this kernel ({CONTROL} is missing; "
-                "load dm_mod, or run the tests with scripts/vm-test)")
+        return hint.format(f"{CONTROL} is missing")
     try:
         driver_version()
     except OSError as exc:
+        if exc.errno in (errno.ENODEV, errno.ENXIO):   # a node left by dmsetup, no driver
+            return hint.format(f"{CONTROL} exists but the kernel has no dm driver")
         return f"cannot use {CONTROL}: {exc}"
     if target_version("thin-pool") is None:
         return "the kernel has no thin-pool target (modprobe dm_thin_pool)"
@@ -320,6 +322,30 @@ def _drop_node(name: str, dev: int | None) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def prune_stale_nodes() -> list[str]:
+    """Remove /dev/mapper entries whose device is gone (left by a deferred remove
+    that completed without udev); returns their names."""
+    try:
+        entries = os.listdir(MAPPER_DIR)
+    except FileNotFoundError:
+        return []
+    live = set(list_devices())
+    pruned = []
+    for entry in entries:
+        if entry == "control" or entry in live:
+            continue
+        path = os.path.join(MAPPER_DIR, entry)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISBLK(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            if entry not in set(list_devices()):   # not created meanwhile
+                _drop_node(entry, None)
+                pruned.append(entry)
+    return sorted(pruned)
 
 
 def device_path(name: str) -> str:
