@@ -55,9 +55,9 @@ def changes(layer: str | os.PathLike, base: str | os.PathLike) -> list[Change] |
         sides = ((lfd, linfo.id, bfd, binfo.id), (bfd, binfo.id, lfd, linfo.id))
         for fd, tree, other_fd, other_tree in sides:
             changed = ioctl.changed_inodes(fd, tree, since)
+            others = ioctl.inode_items(other_fd, other_tree, set(changed))
             real = [ino for ino, item in changed.items()
-                    if not _only_atime(item, ioctl.inode_item(other_fd, other_tree, ino),
-                                       since, linfo.otime)]
+                    if not _only_atime(item, others.get(ino), since, linfo.otime)]
             candidates.update(_paths_of(fd, tree, real))
     finally:
         os.close(lfd)

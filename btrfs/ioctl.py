@@ -171,22 +171,41 @@ def tree_search(fd: int, tree_id: int, min_key: tuple[int, int, int],
             return
 
 
-def changed_inodes(fd: int, tree_id: int, since: int, *,
-                   buf_size: int = 1 << 20) -> dict[int, bytes]:
+def changed_inodes(fd: int, tree_id: int, since: int) -> dict[int, bytes]:
     """The inode items in ``tree_id`` rewritten after transaction ``since``, by objectid.
 
-    tree_search specialised for speed: the search returns whole leaves written
-    since (every item type), so this walks the raw buffer and decodes only the
-    inode items' own transid instead of building an Item per entry.
+    The search returns whole leaves written since (every item type); only the
+    inode items whose own transid is newer are kept.
     """
+    return _inode_items(fd, tree_id, FIRST_FREE_OBJECTID, LAST_FREE_OBJECTID, since + 1,
+                        lambda _objectid, item_transid: item_transid > since)
+
+
+def inode_items(fd: int, tree_id: int, objectids: set[int]) -> dict[int, bytes]:
+    """The inode items of ``objectids`` in ``tree_id`` (missing ones left out)."""
+    if len(objectids) <= 64:     # a few point lookups beat a scan
+        found = {}
+        for objectid in objectids:
+            item = inode_item(fd, tree_id, objectid)
+            if item is not None:
+                found[objectid] = item
+        return found
+    return _inode_items(fd, tree_id, min(objectids), max(objectids), 0,
+                        lambda objectid, _transid: objectid in objectids)
+
+
+def _inode_items(fd: int, tree_id: int, first: int, last: int, min_transid: int,
+                 keep, buf_size: int = 1 << 20) -> dict[int, bytes]:
+    """tree_search specialised for speed: walks the raw buffer and decodes only
+    inode items, instead of building an Item per entry."""
     found: dict[int, bytes] = {}
     buf = bytearray(_KEY.size + 8 + buf_size)
     view = memoryview(buf)
     header = _HEADER.unpack_from
     u64 = struct.Struct("=Q").unpack_from
-    min_obj, min_type, min_off = FIRST_FREE_OBJECTID, 0, 0
+    min_obj, min_type, min_off = first, 0, 0
     while True:
-        _KEY.pack_into(buf, 0, tree_id, min_obj, LAST_FREE_OBJECTID, min_off, U64_MAX, since + 1,
+        _KEY.pack_into(buf, 0, tree_id, min_obj, last, min_off, U64_MAX, min_transid,
                        U64_MAX, min_type, 255, 1 << 30, 0, 0, 0, 0, 0)
         struct.pack_into("=Q", buf, _KEY.size, buf_size)
         fcntl.ioctl(fd, TREE_SEARCH_V2, buf)
@@ -196,14 +215,14 @@ def changed_inodes(fd: int, tree_id: int, since: int, *,
         pos = _KEY.size + 8
         for _ in range(count):
             _t, objectid, offset, type_, length = header(view, pos)
-            if type_ == INODE_ITEM_KEY and u64(view, pos + 40)[0] > since:
+            if type_ == INODE_ITEM_KEY and keep(objectid, u64(view, pos + 40)[0]):
                 found[objectid] = bytes(view[pos + 32:pos + 32 + length])
             pos += 32 + length
         if offset < U64_MAX:
             min_obj, min_type, min_off = objectid, type_, offset + 1
         elif type_ < 255:
             min_obj, min_type, min_off = objectid, type_ + 1, 0
-        elif objectid < LAST_FREE_OBJECTID:
+        elif objectid < last:
             min_obj, min_type, min_off = objectid + 1, 0, 0
         else:
             return found
