@@ -412,8 +412,11 @@ def _read_entries(inp: _Input, applier: _Applier) -> None:
         try:
             block = inp.take(BLOCK)
         except _Truncated:
+            if not applier.raw_name and not pax and long_name is None:
+                raise CorruptArchive("not a tar archive: the stream is shorter than one "
+                                     "tar header") from None
             raise CorruptArchive("the tar stream ended without its end-of-archive marker "
-                                 "(truncated?)") from None
+                                 f"after entry {applier.name!r} (truncated?)") from None
         if block == ZERO_BLOCK:
             return
         typ = block[156:157]
