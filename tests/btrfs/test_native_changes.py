@@ -181,6 +181,23 @@ def test_reads_are_not_changes(drv, monkeypatch, readers):
     assert len(opened) <= 2, opened
 
 
+def test_wide_changes_and_reads(drv):
+    """More than 64 changed inodes: the other tree's items come from one scan."""
+    drv.create("base")
+    base = drv.home / "subvolumes" / "base"
+    for i in range(300):
+        write(base, f"d{i % 7}/f{i}", content(i, i % 50))
+    root = _child(drv)
+    for i in range(0, 300, 3):
+        write(root, f"d{i % 7}/f{i}", content(i + 1, i % 50))   # rewritten
+    for i in range(1, 300, 3):
+        (root / f"d{i % 7}/f{i}").read_bytes()                    # only read
+    for i in range(2, 300, 30):
+        (root / f"d{i % 7}/f{i}").unlink()
+    os.chmod(root / "d3", 0o700)
+    assert len(assert_agree(drv)) > 100
+
+
 def test_declines_what_it_cannot_answer(drv):
     _make_parent(drv)
     drv.create("child", "base")
