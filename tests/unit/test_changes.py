@@ -123,3 +123,14 @@ def test_changes_size(tmp_path):
     assert changes_size(root, changes) == 107
     assert changes_size(root, []) == 0
     assert not stat.S_ISREG(os.lstat(root / "p").st_mode)
+
+
+def test_copy_tree_without_reflinks_uses_copy_file_range(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build_tree(src)
+    dst.mkdir()
+    counts = copy_tree(src, dst)
+    assert sum(counts.values()) == sum(
+        1 for p in src.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size
+        and p.stat().st_nlink == 1) + 1                    # the hard-linked trio counts once
+    assert compare_trees(dst, src) == []

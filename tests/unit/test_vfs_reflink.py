@@ -11,6 +11,7 @@ import pytest
 
 import graphdrivers
 from graphdrivers import loopback, mount as mnt
+from graphdrivers.archive_copy import copy_tree
 from graphdrivers.changes import compare_trees
 from test_archive_trees import assert_same, build_tree, snapshot
 
@@ -68,6 +69,11 @@ def test_child_shares_extents_with_its_parent(btrfs_dir):
         assert flags and all(f & FIEMAP_EXTENT_SHARED for f in flags)   # cloned, not copied
         assert_same(snapshot(root), snapshot(child))
         assert compare_trees(child, root) == []
+        # and it was FICLONE that shared them (btrfs' copy_file_range would too)
+        dst = btrfs_dir / "direct"
+        dst.mkdir()
+        counts = copy_tree(root, dst)
+        assert counts["reflink"] > 5 and counts["copy_file_range"] == counts["read_write"] == 0
         assert dict(driver.status())["Backing Filesystem"] == "btrfs"
         driver.unmount("child")
     finally:
