@@ -63,73 +63,87 @@ class _Writer:
         name = (head + b"/" if head else b"") + WH_PREFIX + base
         self.out += encode(Entry(name=name, type=REG, mode=0, mtime=mtime))
 
-    def add(self, path: bytes, rel: bytes, st: os.stat_result) -> Iterator[bytes]:
-        """Append the entry for ``path`` (data included); yields full batches."""
+    def add(self, path: bytes, rel: bytes, st: os.stat_result) -> Iterator[bytes] | None:
+        """Append the entry for ``path`` to the batch, data included.
+
+        A big regular file is not read here: the iterator returned streams it
+        (the caller exhausts it at once). The caller flushes full batches.
+        """
         fmt = st.st_mode
         typ = _TYPES.get(stat.S_IFMT(fmt))
         if typ is None:                      # sockets and doors are not carried by tar
-            return
+            return None
         if self.whiteouts and self.fmt.export_whiteout(os.fsdecode(path), st):
             self.whiteout(rel, st.st_mtime_ns // 1_000_000_000)
-            return
-        entry = Entry(name=rel, type=typ, mode=stat.S_IMODE(fmt), uid=st.st_uid, gid=st.st_gid,
-                      mtime=st.st_mtime_ns // 1_000_000_000, xattrs=self.xattrs(path))
+            return None
+        entry = Entry(rel, typ, fmt & 0o7777, st.st_uid, st.st_gid, 0,
+                      st.st_mtime_ns // 1_000_000_000, b"", 0, 0, self.xattrs(path))
         if typ != DIR and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self.links.get(key)
             if first is not None:
                 entry.type, entry.linkname = LNK, first
                 self.out += encode(entry)
-                return
+                return None
             self.links[key] = rel
+        if typ == REG:
+            if st.st_size >= DIRECT:
+                return self._big_file(path, entry, st.st_size)
+            self._small_file(path, entry, st.st_size)
+            return None
         if typ == SYM:
             entry.linkname = os.readlink(path)
-        elif typ in (CHR, BLK):
+        elif typ == CHR or typ == BLK:
             entry.devmajor, entry.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        elif typ == REG:
-            yield from self._file(path, entry, st.st_size)
-            return
         self.out += encode(entry)
         if typ == DIR and self.opaques and self.fmt.export_opaque(os.fsdecode(path)):
             self.out += encode(Entry(name=rel + b"/" + WH_OPAQUE, type=REG, mode=0,
                                      uid=entry.uid, gid=entry.gid, mtime=entry.mtime))
-        if len(self.out) >= CHUNK:
-            yield self.flush()
+        return None
 
-    def _file(self, path: bytes, entry: Entry, size: int) -> Iterator[bytes]:
+    # A file that changes size while we read it is cut or zero-padded to the
+    # size lstat saw, so the tar stays valid.
+    def _open(self, path: bytes) -> int:
         try:
-            fd = os.open(path, self.open_flags)
+            return os.open(path, self.open_flags)
         except PermissionError:
             if not self.open_flags & _NOATIME:
                 raise
             self.open_flags &= ~_NOATIME     # O_NOATIME needs ownership or CAP_FOWNER
-            fd = os.open(path, self.open_flags)
+            return os.open(path, self.open_flags)
+
+    def _small_file(self, path: bytes, entry: Entry, size: int) -> None:
+        fd = self._open(path)
         try:
-            # a file that changes size while we read it is cut or zero-padded to
-            # the size lstat saw, so the tar stays valid
             entry.size = size
             self.out += encode(entry)
             left = size
-            if size < DIRECT:
-                while left:
-                    data = os.read(fd, left)
-                    if not data:
-                        break
-                    self.out += data
-                    left -= len(data)
-            else:
-                yield self.flush()
-                while left:
-                    data = os.read(fd, min(left, READ))
-                    if not data:
-                        break
-                    yield data
-                    left -= len(data)
+            while left:
+                data = os.read(fd, left)
+                if not data:
+                    break
+                self.out += data
+                left -= len(data)
         finally:
             os.close(fd)
         self.out += bytes(left + padding(size))
-        if len(self.out) >= CHUNK:
+
+    def _big_file(self, path: bytes, entry: Entry, size: int) -> Iterator[bytes]:
+        fd = self._open(path)
+        try:
+            entry.size = size
+            self.out += encode(entry)
             yield self.flush()
+            left = size
+            while left:
+                data = os.read(fd, min(left, READ))
+                if not data:
+                    break
+                yield data
+                left -= len(data)
+        finally:
+            os.close(fd)
+        self.out += bytes(left + padding(size))
 
     def flush(self) -> bytearray:
         data, self.out = self.out, bytearray()    # handed over whole: no copy
@@ -153,7 +167,11 @@ def _tree(writer: _Writer, path: bytes, rel: bytes) -> Iterator[bytes]:
             st = os.lstat(child)
         except FileNotFoundError:             # removed while we walk
             continue
-        yield from writer.add(child, child_rel, st)
+        big = writer.add(child, child_rel, st)
+        if big is not None:
+            yield from big
+        elif len(writer.out) >= CHUNK:
+            yield writer.flush()
         if stat.S_ISDIR(st.st_mode) and not (
                 writer.whiteouts and writer.fmt.export_whiteout(os.fsdecode(child), st)):
             yield from _tree(writer, child, child_rel)
@@ -199,7 +217,9 @@ def _changes_chunks(root: bytes, changes: list[Change], fmt: WhiteoutFormat) -> 
             st = os.lstat(path)
         except FileNotFoundError:             # gone since the comparison
             continue
-        yield from writer.add(path, rel, st)
+        big = writer.add(path, rel, st)
+        if big is not None:
+            yield from big
         if len(writer.out) >= CHUNK:
             yield writer.flush()
     yield writer.finish()
