@@ -392,9 +392,10 @@ def test_mount_outlives_the_process(name, tmp_path):
 def test_pool_status_and_resize(tmp_path):
     backend = pytest.importorskip("backends.devicemapper")
     with backend.backend(tmp_path) as (home, options):
-        common = ["--home", str(home), "--driver", "devicemapper"]
+        opts = []
         for key, value in options.items():
-            common += ["--storage-opt", f"{key}={value}"]
+            opts += ["--storage-opt", f"{key}={value}"]
+        common = ["--home", str(home), "--driver", "devicemapper"] + opts
         try:
             before = json.loads(run(*common, "pool", "status", "--json").stdout)
             for key in ("data_used", "data_total", "metadata_used", "metadata_total",
@@ -403,7 +404,7 @@ def test_pool_status_and_resize(tmp_path):
             text = run(*common, "pool", "status").stdout.decode()
             assert "Data total:" in text and "WARNING:" in text   # the loopback warning
             # a home with devicemapper state needs no --driver
-            auto = json.loads(run("--home", str(home), "pool", "status", "--json").stdout)
+            auto = json.loads(run("--home", str(home), *opts, "pool", "status", "--json").stdout)
             assert auto["data_total"] == before["data_total"]
 
             grown = before["data_total"] + (1 << 30)
