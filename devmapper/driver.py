@@ -34,7 +34,7 @@ from graphdrivers.refcount import RefCounter
 from . import dm, faults, filesystem
 from .config import LAYER_OPTIONS, OPTIONS, Config, parse_config
 from .metadata import DeviceRecord, MetadataStore
-from .pool import LOOPBACK_WARNING, Pool, PoolLock, device_prefix
+from .pool import LOOPBACK_WARNING, Pool, PoolLock, block_path, device_prefix
 from .transaction import TransactionLog
 
 log = logging.getLogger(__name__)
@@ -379,7 +379,7 @@ class DeviceMapperDriver(NaiveDiff, Driver):
         was_active = dm.info(name) is not None
         self._mount_device(layer, record, mountpoint)
         try:
-            filesystem.grow(dm.device_path(name), mountpoint, self.fs)
+            filesystem.grow(block_path(name), mountpoint, self.fs)
         finally:
             umount(mountpoint, retries=5)
             os.rmdir(mountpoint)

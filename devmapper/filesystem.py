@@ -91,8 +91,10 @@ def mount(device: str, mountpoint: Path, fs: str, options: str) -> None:
     try:
         _mount.mount(device, mountpoint, fs, 0, options or None)
     except OSError as exc:
+        missing = [p for p in (device, str(mountpoint)) if not os.path.exists(p)]
+        hint = f" ({' and '.join(missing)} missing)" if missing else "; see dmesg"
         raise DriverError(f"devicemapper: mounting {device} ({fs}, options {options!r}) on "
-                          f"{mountpoint} failed: {exc.strerror}; see dmesg") from exc
+                          f"{mountpoint} failed: {exc.strerror}{hint}") from exc
 
 
 def device_size(device: str) -> int:

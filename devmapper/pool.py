@@ -203,7 +203,7 @@ class Pool:
             dm.load_table(name, table)
             dm.suspend(name)
             dm.resume(name)
-        return dm.device_path(name)
+        return block_path(name)
 
     def deactivate(self, name: str, *, deferred: bool = False) -> None:
         if dm.info(name) is None:
@@ -231,6 +231,8 @@ class Pool:
                                        (self.metadata_file, metadata_size, self.metadata_device)):
                 if size and size > path.stat().st_size:
                     ensure_image(path, size)
+                # also catches up after a crash between growing the file and this step
+                if blockdev.size_bytes(device) < path.stat().st_size:
                     loopback.refresh_capacity(device)
             faults.point("devmapper.resize.after_grow_files")
         elif data_size or metadata_size:
@@ -270,6 +272,21 @@ class Pool:
 
     def host_free(self) -> int | None:
         return _host_free(self.data_file) if self.data_file else None
+
+
+def block_path(name: str) -> str:
+    """The kernel's own node /dev/dm-<minor> (devtmpfs makes it synchronously; the
+    /dev/mapper/<name> link is udev's and may be replaced under us), else /dev/mapper."""
+    info = dm.info(name)
+    if info is None:
+        raise DriverError(f"device-mapper device {name} does not exist")
+    path = f"/dev/dm-{info.minor}"
+    try:
+        if os.stat(path).st_rdev == os.makedev(info.major, info.minor):
+            return path
+    except FileNotFoundError:
+        pass
+    return dm.device_path(name)
 
 
 def _adopt(name: str):

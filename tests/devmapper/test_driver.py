@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 
 import pytest
 
@@ -206,6 +207,11 @@ def test_deferred_deletion_of_busy_device(drv):
     finally:
         os.close(holder)
     assert dm.info(name) is None              # the kernel removed it on last close
+    # the kernel releases the thin device from its workqueue: the retry may need a moment
+    for _ in range(50):
+        if drv.cleanup_deleted() == 0:
+            break
+        time.sleep(0.1)
     assert drv.cleanup_deleted() == 0
     assert dict(drv.status())["Deferred Deleted Device Count"] == "0"
     drv.create("a")                           # the id is free again

@@ -1,0 +1,252 @@
+"""Pool sources and pool limits on a real kernel (VM only): block devices, an existing
+pool (dm.thinpooldev), exhaustion and online growth, direct I/O loop files."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import graphdrivers
+from graphdrivers import loopback
+from graphdrivers.errors import InvalidOption, NoSpace
+
+from backends.devicemapper import backend, teardown
+
+pytestmark = pytest.mark.devicemapper
+
+
+def _disks(count):
+    disks = [d for d in os.environ.get("GRAPHDRIVERS_TEST_DISKS", "").split(",") if d]
+    if len(disks) < count:
+        pytest.skip(f"needs {count} spare disks (scripts/vm-test --vm-disks {count})")
+    return disks
+
+
+def _wipe(dev):
+    fd = os.open(dev, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(1 << 20), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _roundtrip(home, options):
+    drv = graphdrivers.load("devicemapper", home, options)
+    try:
+        drv.create("a")
+        (drv.mount("a") / "f").write_text("on block devices")
+        drv.unmount("a")
+        drv.create("b", "a")
+        status = dict(drv.status())
+        assert "Data loop file" not in status and "Warning" not in status
+    finally:
+        drv.cleanup()
+    drv = graphdrivers.load("devicemapper", home, options)
+    try:
+        assert (drv.mount("b") / "f").read_text() == "on block devices"
+        drv.unmount("b")
+        return drv.pool_status()
+    finally:
+        drv.cleanup()
+
+
+def test_pool_on_block_devices(tmp_path):
+    data, meta = _disks(2)[:2]
+    for dev in (data, meta):
+        _wipe(dev)
+    with backend(tmp_path, {"dm.datadev": data, "dm.metadatadev": meta, "dm.basesize": "512MB"}) as (home, options):
+        st = _roundtrip(home, options)
+        assert st["pool_kind"] == "block" and st["data_device"] == data
+        assert st["data_total"] == os.lseek(os.open(data, os.O_RDONLY), 0, os.SEEK_END)
+
+
+def test_block_devices_in_use_are_refused(tmp_path):
+    data, meta = _disks(2)[:2]
+    _wipe(meta)
+    subprocess.run(["mkfs.ext4", "-q", "-F", data], check=True)
+    with backend(tmp_path, {"dm.datadev": data, "dm.metadatadev": meta}) as (home, options):
+        with pytest.raises(InvalidOption, match="ext4 signature"):
+            graphdrivers.load("devicemapper", home, options)
+        mnt = tmp_path / "m"
+        mnt.mkdir()
+        subprocess.run(["mount", data, str(mnt)], check=True)
+        try:
+            with pytest.raises(InvalidOption, match="is mounted"):
+                graphdrivers.load("devicemapper", home, options)
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+        assert not (home / "devicemapper" / "metadata").exists()
+    _wipe(data)
+
+
+@pytest.fixture
+def external_pool(tmp_path):
+    """A thin pool built by hand (as an operator would), on two loop files."""
+    from graphdrivers.devmapper import dm
+    before = set(dm.list_devices())
+    files = []
+    for name, size in (("data", 1 << 30), ("meta", 32 << 20)):
+        path = tmp_path / name
+        with open(path, "wb") as f:
+            f.truncate(size)
+        files.append(loopback.attach(path))
+    name = f"graphdrivers-test-{os.getpid()}-pool"
+    dm.create(name, [(0, (1 << 30) // 512, "thin-pool",
+                      f"{files[1].path} {files[0].path} 128 32768 1 skip_block_zeroing")])
+    for lo in files:
+        lo.close()
+    try:
+        yield name
+    finally:
+        teardown(tmp_path, before)
+        if dm.info(name):
+            dm.remove(name)
+
+
+def test_thinpooldev(tmp_path, external_pool):
+    from graphdrivers.devmapper import dm
+    home = tmp_path / "home"
+    options = {"dm.thinpooldev": f"/dev/mapper/{external_pool}", "dm.basesize": "512MB"}
+    st = _roundtrip(home, options)
+    assert st["pool_kind"] == "external" and st["pool_name"] == external_pool
+    assert dm.info(external_pool) is not None      # not ours: never torn down
+    # a pool that already holds data is refused for a fresh home
+    with pytest.raises(InvalidOption, match="take ownership"):
+        graphdrivers.load("devicemapper", tmp_path / "other", options)
+
+
+def test_missing_thinpooldev(tmp_path):
+    with backend(tmp_path, {"dm.thinpooldev": "graphdrivers-no-such-pool"}) as (home, options):
+        with pytest.raises(InvalidOption, match="does not exist"):
+            graphdrivers.load("devicemapper", home, options)
+
+
+def _fill(path: Path, limit: int) -> OSError | None:
+    chunk = b"\xa5" * (1 << 20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for written in range(limit):
+            os.write(fd, chunk)
+            if written % 16 == 15:
+                os.fsync(fd)
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return None
+
+
+def test_pool_exhaustion_and_recovery(tmp_path):
+    small = {"dm.loopdatasize": "160MB", "dm.loopmetadatasize": "16MB", "dm.basesize": "512MB",
+             "dm.xfs_nospace_max_retries": "0", "dm.min_free_space": "0%", "dm.blkdiscard": "false"}
+    with backend(tmp_path, small) as (home, options):
+        drv = graphdrivers.load("devicemapper", home, options)
+        try:
+            drv.create("keep")
+            (drv.mount("keep") / "data").write_text("precious")
+            drv.unmount("keep")
+            drv.create("filler", "keep")
+            error = _fill(drv.mount("filler") / "big", 400)
+            assert error is not None, "writing past the pool's end did not fail"
+            assert error.errno in (errno.ENOSPC, errno.EIO), error
+            st = drv.pool_status()
+            assert st["mode"] == "out_of_data_space"
+            assert any("out of data space" in w for w in st["warnings"])
+            assert "out_of_data_space" in dict(drv.status())["Pool Mode"]
+            with pytest.raises(NoSpace, match="out of data space"):
+                drv.create("more", "keep")
+            drv.unmount("filler")
+            st = drv.resize_pool(data_size=320 << 20)
+            assert st["mode"] == "rw" and st["data_total"] == 320 << 20
+            assert (drv.mount("keep") / "data").read_text() == "precious"
+            drv.unmount("keep")
+            root = drv.mount("filler")      # the filled layer mounts again (log recovery)
+            (root / "after").write_text("writes work again")
+            drv.unmount("filler")
+            drv.create("more", "keep")
+        finally:
+            drv.cleanup()
+
+
+def test_resize_pool_online_and_refusals(tmp_path):
+    with backend(tmp_path) as (home, options):
+        drv = graphdrivers.load("devicemapper", home, options)
+        try:
+            drv.create("a")
+            root = drv.mount("a")
+            (root / "f").write_text("mounted during resize")
+            with pytest.raises(InvalidOption, match="shrink"):
+                drv.resize_pool(data_size=1 << 30)
+            with pytest.raises(NoSpace, match="free"):
+                drv.resize_pool(data_size=1 << 50)
+            assert (home / "devicemapper" / "devicemapper" / "data").stat().st_size == 2 << 30
+            st = drv.resize_pool(metadata_size=128 << 20)
+            assert st["metadata_total"] == 128 << 20 and st["data_total"] == 2 << 30
+            st = drv.resize_pool(data_size=3 << 30)
+            assert st["data_total"] == 3 << 30
+            (root / "g").write_text("still writable")
+            assert (root / "f").read_text() == "mounted during resize"
+            drv.unmount("a")
+        finally:
+            drv.cleanup()
+        # the new sizes hold after a restart with the old options
+        drv = graphdrivers.load("devicemapper", home, options)
+        try:
+            st = drv.pool_status()
+            assert st["data_total"] == 3 << 30 and st["metadata_total"] == 128 << 20
+        finally:
+            drv.cleanup()
+
+
+def test_loop_direct_io(tmp_path):
+    with backend(tmp_path) as (home, options):
+        if not _supports_odirect(tmp_path):
+            pytest.skip(f"{tmp_path} (tmpfs on this kernel) refuses O_DIRECT")
+        drv = graphdrivers.load("devicemapper", home, dict(options, **{"dm.loopdirectio": "true"}))
+        try:
+            assert loopback.direct_io_enabled(drv.pool.data_device)
+            drv.create("a")
+            (drv.mount("a") / "f").write_text("direct")
+            drv.unmount("a")
+        finally:
+            drv.cleanup()
+
+
+def _supports_odirect(directory: Path) -> bool:
+    probe = directory / ".odirect"
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+def test_direct_lvm(tmp_path):
+    disk = _disks(3)[2]
+    _wipe(disk)
+    from graphdrivers.devmapper import lvm
+    home = tmp_path / "home"
+    options = {"dm.directlvm_device": disk, "dm.thinp_percent": "90", "dm.thinp_metapercent": "2",
+               "dm.basesize": "512MB"}
+    env = dict(os.environ, DM_DISABLE_UDEV="1")
+    try:
+        st = _roundtrip(home, options)
+        assert st["pool_kind"] == "lvm" and st["pool_name"].startswith(lvm.POOL)
+        assert 0.85 * (4 << 30) < st["data_total"] <= 0.9 * (4 << 30)
+        with pytest.raises(InvalidOption, match="not supported"):
+            graphdrivers.load("devicemapper", home, dict(options, **{"dm.thinp_percent": "80",
+                                                                     "dm.thinp_metapercent": "2"}))
+    finally:
+        teardown(tmp_path, set())
+        subprocess.run(["vgremove", "-ff", "-y", lvm.VG], env=env, capture_output=True)
+        subprocess.run(["pvremove", "-ff", "-y", disk], env=env, capture_output=True)
