@@ -56,6 +56,17 @@ class EngineError(RuntimeError):
     pass
 
 
+# Progress lines for long runs (the VM): appended to this file when its directory
+# exists, e.g. scripts/vm-test --vm-rwdir /tmp/gd-e2e-progress ...
+PROGRESS = Path(os.environ.get("GRAPHDRIVERS_E2E_PROGRESS", "/tmp/gd-e2e-progress/log"))
+
+
+def progress(line: str) -> None:
+    if PROGRESS.parent.is_dir():
+        with open(PROGRESS, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+
 def missing_tools() -> str | None:
     """Why the cycle cannot run here, or None."""
     if os.geteuid() != 0:
@@ -217,6 +228,7 @@ class Engine:
         return str(sock)
 
     def start(self) -> None:
+        progress(f"starting dockerd --storage-driver {self.storage_driver}")
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / "daemon.json").write_text("{}\n")   # never read /etc/docker/daemon.json
         extra = ["--containerd", self._start_containerd()] if OWN_CONTAINERD else []
@@ -239,6 +251,7 @@ class Engine:
             ok = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", "version"],
                                 capture_output=True).returncode == 0
             if ok:
+                progress(f"dockerd ready ({self.storage_driver})")
                 return
             if time.monotonic() > deadline:
                 raise EngineError(f"dockerd not ready after {60 * SLOW} s:\n{self.log.read_text()[-3000:]}")
@@ -312,6 +325,7 @@ def run_cycle(engine: Engine, rootfs_tar: Path,
         t = time.monotonic()
         out = d(*args)
         result.steps[label] = round(time.monotonic() - t, 3)
+        progress(f"{engine.storage_driver} {label} {result.steps[label]} s")
         return out
 
     start = time.monotonic()
