@@ -6,7 +6,7 @@ import pytest
 import graphdrivers
 from graphdrivers.plugin import PluginServer
 
-from plugin_client import Client, running
+from plugin.plugin_client import Client, running
 
 
 @pytest.fixture

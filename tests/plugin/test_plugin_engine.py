@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-import engine_cycle as ec
+from plugin import engine_cycle as ec
 
 pytestmark = pytest.mark.slow
 

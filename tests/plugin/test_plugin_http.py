@@ -12,7 +12,7 @@ import pytest
 from graphdrivers.errors import DriverError
 from graphdrivers.plugin_http import BodyError, ChunkedReader, LengthReader, UnixHTTPServer
 
-from plugin_client import Client, UnixHTTPConnection  # noqa: F401  (tests/plugin/conftest.py)
+from plugin.plugin_client import Client, UnixHTTPConnection  # noqa: F401  (tests/plugin/conftest.py)
 
 
 def decode(raw: bytes, read_size: int = 7) -> tuple[bytes, bytes]:

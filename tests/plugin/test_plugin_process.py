@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from plugin_client import Client
+from plugin.plugin_client import Client
 
 L1 = "1" * 64
 C1 = "2" * 64

@@ -18,7 +18,7 @@ import pytest
 from graphdrivers.atomicfile import read_json
 from graphdrivers.plugin import PluginServer, plugin_name
 
-from plugin_client import ACCEPT, Client, running
+from plugin.plugin_client import ACCEPT, Client, running
 
 L1 = "a" * 64
 L2 = "b" * 64
