@@ -91,6 +91,19 @@ class VfsDriver(NaiveDiff, Driver):
         except FileNotFoundError:
             return None
 
+    def _children(self, id: str) -> list[str]:
+        found = []
+        for entry in os.scandir(self._meta):
+            name = entry.name
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                if read_json(entry.path).get("parent") == id and self.exists(name[:-5]):
+                    found.append(name[:-5])
+            except (OSError, ValueError):
+                continue
+        return sorted(found)
+
     def _layer_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> int:
         if not storage_opt:
             return 0
@@ -145,6 +158,11 @@ class VfsDriver(NaiveDiff, Driver):
             if self._refs.count(str(path)):
                 raise LayerInUse(f"layer {id} is mounted ({self._refs.count(str(path))} "
                                  "references); unmount it first")
+            children = self._children(id)
+            if children:
+                # a child is a full copy, but its diff and changes compare with this layer
+                raise LayerInUse(f"layer {id} has child layers ({', '.join(children[:5])}"
+                                 f"{', ...' if len(children) > 5 else ''}); remove them first")
             mnt.unmount_all_under(path)     # never let rmtree walk into someone's mount
             doomed = self._staging(id, "removed")
             os.rename(path, doomed)

@@ -116,13 +116,18 @@ def test_mount_refcount_and_remove(vfs):
     assert not vfs.exists("a") and vfs.layers() == []
 
 
-def test_remove_parent_keeps_child(vfs):
+def test_remove_parent_refused_while_children_exist(vfs):
     vfs.create("p")
     _fill(vfs, "p", lambda r: (r / "f").write_bytes(b"data"))
     vfs.create("c", "p")
+    vfs.create("c2", "p")
+    with pytest.raises(LayerInUse, match="c, c2"):
+        vfs.remove("p")             # the children's diffs compare with it
+    assert vfs.changes("c") == []
+    vfs.remove("c")
+    vfs.remove("c2")
     vfs.remove("p")
-    assert (vfs.mount("c") / "f").read_bytes() == b"data"
-    vfs.unmount("c")
+    assert vfs.layers() == []
 
 
 def test_reload_in_new_process(vfs, tmp_path):
