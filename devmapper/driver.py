@@ -237,7 +237,10 @@ class DeviceMapperDriver(NaiveDiff, Driver):
             return
         try:
             path = self.pool.activate(name, record.device_id, record.size)
-            filesystem.discard(path)
+            # only up to the highest mapped sector: an unwritten device costs nothing
+            fields = dm.status(name)[0][3].split()
+            if len(fields) >= 2 and fields[0].isdigit() and int(fields[0]) > 0 and fields[1].isdigit():
+                filesystem.discard(path, (int(fields[1]) + 1) * 512)
         except OSError as exc:
             log.warning("devicemapper: discard of %s failed: %s", name, exc)
 

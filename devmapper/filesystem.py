@@ -105,11 +105,14 @@ def device_size(device: str) -> int:
         os.close(fd)
 
 
-def discard(device: str) -> None:
-    """BLKDISCARD the whole device: the pool unmaps its blocks and punches them out of a loop file."""
+def discard(device: str, length: int | None = None) -> None:
+    """BLKDISCARD the device (its first ``length`` bytes): the pool unmaps the blocks and,
+    for blocks no other device shares, punches them out of a loop file."""
     fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
     try:
         size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+        if length is not None:
+            size = min(size, -(-length // 4096) * 4096)
         fcntl.ioctl(fd, BLKDISCARD, struct.pack("QQ", 0, size))
     finally:
         os.close(fd)

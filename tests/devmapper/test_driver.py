@@ -215,3 +215,17 @@ def test_deferred_deletion_of_busy_device(drv):
     assert drv.cleanup_deleted() == 0
     assert dict(drv.status())["Deferred Deleted Device Count"] == "0"
     drv.create("a")                           # the id is free again
+
+
+def test_remove_gives_space_back_to_loop_file(drv):
+    data_file = drv.home / "devicemapper" / "data"
+    drv.create("a")
+    root = drv.mount("a")
+    with open(root / "blob", "wb") as f:
+        f.write(os.urandom(1 << 20) * 48)
+        os.fsync(f.fileno())
+    drv.unmount("a")
+    before = os.stat(data_file).st_blocks * 512
+    drv.remove("a")
+    after = os.stat(data_file).st_blocks * 512
+    assert before - after >= 40 << 20, (before, after)    # dm.blkdiscard defaults to true on loops
