@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import pathlib
+import threading
 from typing import BinaryIO, Iterator, Mapping
 
 from graphdrivers.archive import export_changes
@@ -60,6 +61,8 @@ class BtrfsDriver(NaiveDiff, Driver):
         remove_stale_temps(self.home / "meta")
         remove_stale_temps(self.home / "quotas")
         self._drop_orphan_records()
+        self._lock = threading.Lock()
+        self._destroy_stale_qgroups()
         self._locks = IdLocks()
         self._refs = RefCounter(lambda _path: False)   # a layer "mount" is a path, never a mount
 
@@ -91,7 +94,7 @@ class BtrfsDriver(NaiveDiff, Driver):
             if entry.name.endswith(".json") and not subvol.is_subvolume(self._dir(layer_id)):
                 os.unlink(entry.path)
         for entry in os.scandir(self.home / "quotas"):
-            if not subvol.is_subvolume(self._dir(entry.name)):
+            if not entry.name.startswith(".") and not subvol.is_subvolume(self._dir(entry.name)):
                 os.unlink(entry.path)
 
     def _require(self, layer_id: str) -> pathlib.Path:
@@ -186,15 +189,40 @@ class BtrfsDriver(NaiveDiff, Driver):
             except OSError as exc:
                 raise DriverError(f"cannot delete the btrfs subvolume of {id!r}: {exc}") from None
             if quotas_on:
-                # Old kernels take the qgroup away only on request; new ones (>= 6.8)
-                # refuse while the subvolume is being cleaned and drop it themselves.
-                for sid in deleted:
-                    quota.destroy(self.home, sid)
+                self._destroy_stale_qgroups(deleted)
             try:
                 self._meta(id).unlink()
             except FileNotFoundError:
                 pass
             self._refs.forget(str(path))
+
+    def _stale_file(self) -> pathlib.Path:
+        return self.home / "quotas" / ".stale-qgroups.json"
+
+    def _destroy_stale_qgroups(self, deleted: list[int] = ()) -> None:
+        """Destroy the qgroups of deleted subvolumes, remembering those the kernel
+        still keeps (some kernels refuse until the cleaner has dropped the
+        subvolume) to retry at the next remove, cleanup or load. Leaked qgroups
+        pile up otherwise (moby#29325)."""
+        with self._lock:
+            stale_file = self._stale_file()
+            try:
+                stale = set(read_json(stale_file))
+            except (FileNotFoundError, ValueError):
+                stale = set()
+            before = set(stale)
+            stale.update(deleted)
+            for sid in sorted(stale):
+                try:
+                    if quota.destroy(self.home, sid):
+                        stale.discard(sid)
+                except OSError:
+                    pass        # keep it for the next try
+            if stale != before:
+                if stale:
+                    write_json(stale_file, sorted(stale))
+                else:
+                    stale_file.unlink(missing_ok=True)
 
     def mount(self, id: str, mount_label: str = "") -> pathlib.Path:
         with self._locks.hold(check_id(id)):
@@ -257,6 +285,8 @@ class BtrfsDriver(NaiveDiff, Driver):
         # Quotas stay as they are: they are a filesystem-wide setting.
         for path in self._refs.paths():
             self._refs.forget(path)
+        if self._stale_file().exists():
+            self._destroy_stale_qgroups()
 
     # -- diffs -----------------------------------------------------------
     # NaiveDiff walks both trees. For a layer against the subvolume it was

@@ -61,14 +61,17 @@ def set_limit(subvolume: str | os.PathLike, size: int) -> None:
 
 
 def destroy(fs_path: str | os.PathLike, subvolume_id: int) -> bool:
-    """Destroy qgroup 0/<subvolume_id>; False if the kernel still keeps it (it then
-    drops it itself once the deleted subvolume is cleaned) or it is already gone."""
+    """Destroy qgroup 0/<subvolume_id>. True when it is gone (now or already, or
+    quotas are off); False when the kernel keeps it for now (EBUSY: kernels that
+    refuse while the deleted subvolume is still being cleaned) - try again later."""
     fd = _open(fs_path)
     try:
         ioctl.qgroup_destroy(fd, subvolume_id)
         return True
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.EBUSY, errno.ENOTCONN, errno.EINVAL):
+        if exc.errno in (errno.ENOENT, errno.ENOTCONN):
+            return True
+        if exc.errno in (errno.EBUSY, errno.EINVAL):
             return False
         raise
     finally:
