@@ -1,0 +1,195 @@
+"""``graphdrivers bench run|report``: run the benchmark suites, write a report.
+
+    graphdrivers bench run [--drivers vfs,overlay2,btrfs,devicemapper] [--quick]
+                           [--media loop,loop-dio,block]
+                           [--block-device /dev/sdX --yes-destroy-data] --out DIR
+    graphdrivers bench report DIR
+
+``run`` starts one pytest-benchmark process per suite (bench/test_graphtest.py,
+bench/test_fio.py) on the host drivers, writing DIR/raw/<suite>.json, and runs
+devicemapper through scripts/vm-test unless this kernel has device-mapper.
+Every medium (zram or loop device, mount, dm device) is made and released by
+the suites' own fixtures, also on Ctrl-C. ``report`` turns DIR/raw/*.json into
+DIR/report.md with tables and PNG charts (see graphdrivers.bench_report).
+The suites live in the source checkout's bench/ folder, not in the package.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SUITES = {"graphtest": "bench/test_graphtest.py", "fio": "bench/test_fio.py"}
+HOST_DRIVERS = ("vfs", "overlay2", "btrfs")
+
+
+def repo_root() -> Path:
+    """The source checkout holding bench/ (the package is installed editable from it)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "conftest.py").exists():
+        raise SystemExit("graphdrivers bench: the bench/ suites are not here; run from a source checkout")
+    return root
+
+
+def _say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _host_has_dm() -> bool:
+    try:
+        from graphdrivers.devmapper import dm
+        return not dm.available()
+    except Exception:       # no device-mapper module or no kernel support
+        return False
+
+
+def machine_info() -> dict:
+    """What makes two reports comparable: machine, kernel, versions, load."""
+    import importlib.metadata as md
+    versions = {}
+    for pkg in ("graphdrivers", "pytest", "pytest-benchmark", "matplotlib", "stevedore"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    fio = shutil.which("fio")
+    if fio:
+        versions["fio"] = subprocess.run([fio, "--version"], capture_output=True, text=True).stdout.strip()
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        mem = "0"
+    return {"hostname": platform.node(), "kernel": platform.release(), "machine": platform.machine(),
+            "cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(int(mem) / (1 << 20), 1),
+            "python": platform.python_version(), "versions": versions,
+            "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def _bench_env(args: argparse.Namespace, drivers: list[str]) -> dict[str, str]:
+    env = {"GRAPHDRIVERS_BENCH_DRIVERS": ",".join(drivers), "GRAPHDRIVERS_BENCH_MEDIA": args.media,
+           "GRAPHDRIVERS_BENCH_QUICK": "1" if args.quick else "0"}
+    if args.block_device:
+        env.update(GRAPHDRIVERS_BENCH_DEVICE=args.block_device, GRAPHDRIVERS_BENCH_DESTROY="1")
+    if args.dm_blocksizes:
+        env["GRAPHDRIVERS_BENCH_DM_BLOCKSIZES"] = args.dm_blocksizes
+    return env
+
+
+def _pytest_args(suite: str, json_path: Path, quiet: bool) -> list[str]:
+    return [SUITES[suite], "--benchmark-enable", f"--benchmark-json={json_path}",
+            "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
+            "-p", "no:cacheprovider", "-q" if quiet else "-v", "-rs"]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict | None, log: Path) -> int:
+    """Run one suite; its output goes to the terminal (progress) and to a log."""
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                sys.stderr.write(line)
+            return proc.wait()
+        except KeyboardInterrupt:
+            # the child got the same SIGINT: let its fixtures release media
+            proc.wait()
+            raise
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.block_device and not args.yes_destroy_data:
+        _say(f"--block-device {args.block_device} wipes it: add --yes-destroy-data to confirm")
+        return 2
+    root = repo_root()
+    out = Path(args.out).resolve()
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    drivers = [d for part in args.drivers for d in part.split(",") if d]
+    suites = [s for s in args.suites.split(",") if s]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        _say(f"unknown suite(s): {', '.join(unknown)} (known: {', '.join(SUITES)})")
+        return 2
+    host = [d for d in drivers if d != "devicemapper" or _host_has_dm()]
+    vm = [d for d in drivers if d not in host]
+    info = machine_info()
+    info["run"] = {"drivers": drivers, "media": args.media, "quick": args.quick,
+                   "block_device": args.block_device, "suites": suites,
+                   "devicemapper": "VM (scripts/vm-test)" if vm else ("host" if "devicemapper" in drivers else None)}
+    status = 0
+    started = time.monotonic()
+    for n, suite in enumerate(suites, 1):
+        if host:
+            _say(f"[{n}/{len(suites)}] {suite}: {', '.join(host)} on {args.media}"
+                 f"{' (' + args.block_device + ')' if args.block_device else ' (zram)'}")
+            env = dict(os.environ, **_bench_env(args, host))
+            cmd = [sys.executable, "-m", "pytest", *_pytest_args(suite, raw / f"{suite}.json", args.quick)]
+            rc = _run(cmd, root, env, raw / f"{suite}.log")
+            status = status or (rc if rc not in (0, 5) else 0)
+        if vm:
+            _say(f"[{n}/{len(suites)}] {suite}: devicemapper in the VM (scripts/vm-test)")
+            vm_env = _bench_env(args, ["devicemapper"])
+            vm_env["GRAPHDRIVERS_BENCH_DEVICE"] = ""     # the VM's own disks, never the host's
+            cmd = [str(root / "scripts" / "vm-test"), "--vm-rwdir", str(raw), "--vm-disks", "3",
+                   "--vm-disk-size", "4G", "-m", "",
+                   *_pytest_args(suite, raw / f"{suite}-devicemapper.json", args.quick),
+                   *[f"--bench-env={k}={v}" for k, v in vm_env.items()]]
+            rc = _run(cmd, root, None, raw / f"{suite}-devicemapper.log")
+            status = status or (rc if rc not in (0, 5) else 0)
+    info["loadavg_after"] = os.getloadavg()
+    info["duration_s"] = round(time.monotonic() - started, 1)
+    (out / "machine.json").write_text(json.dumps(info, indent=2) + "\n")
+    _say(f"done in {info['duration_s']} s; raw results in {raw}")
+    if not args.no_report:
+        from graphdrivers import bench_report
+        _say(f"report: {bench_report.write_report(out)}")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphdrivers bench", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the benchmark suites")
+    r.add_argument("--drivers", action="append", default=[],
+                   help="comma-separated drivers (default: vfs,overlay2,btrfs,devicemapper)")
+    r.add_argument("--quick", action="store_true", help="small sizes, few rounds (a few minutes)")
+    r.add_argument("--media", default=None,
+                   help="backing media: loop,loop-dio,block (default: loop,block with --quick, else all three)")
+    r.add_argument("--suites", default=",".join(SUITES), help="graphtest,fio")
+    r.add_argument("--dm-blocksizes", default=None,
+                   help="devicemapper pool block sizes (default 64KB,512KB; 64KB with --quick)")
+    r.add_argument("--block-device", default=None, help="a real block device to use instead of zram (WIPED)")
+    r.add_argument("--yes-destroy-data", action="store_true", help="confirm that --block-device may be wiped")
+    r.add_argument("--no-report", action="store_true", help="only the raw JSON, no report.md")
+    r.add_argument("--out", required=True, help="output folder (raw/ JSON, report.md, PNGs)")
+    rep = sub.add_parser("report", help="write DIR/report.md and charts from DIR/raw/*.json")
+    rep.add_argument("dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "report":
+        from graphdrivers import bench_report
+        print(bench_report.write_report(Path(args.dir)))
+        return 0
+    if not args.drivers:
+        args.drivers = list(HOST_DRIVERS) + ["devicemapper"]
+    if args.media is None:
+        args.media = "loop,block" if args.quick else "loop,loop-dio,block"
+    if args.dm_blocksizes is None:
+        args.dm_blocksizes = "64KB" if args.quick else "64KB,512KB"
+    return cmd_run(args)
