@@ -130,6 +130,13 @@ def _geomean(values: list[float]) -> float | None:
 
 # -- charts -----------------------------------------------------------------------
 
+def _log_axis(ax) -> None:
+    """Log x axis with plain numbers (0.5, 2, 100) instead of 5x10^-1."""
+    from matplotlib.ticker import FuncFormatter
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg")       # no display; PNG files only
@@ -152,7 +159,7 @@ def chart_ratios(suite: str, rat: dict, path: Path) -> Path | None:
         xs = [rows.get((suite, wl, driver), {}).get(name, float("nan")) for wl in workloads]
         ax.barh(ys, xs, height=height, label=f"{driver} {name}")
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
+    _log_axis(ax)
     ax.set_yticks(range(len(workloads)), workloads)
     ax.invert_yaxis()
     ax.set_xlabel("loop slowdown (loop / block, median; > 1 = loop slower)")
@@ -191,10 +198,12 @@ def chart_values(suite: str, results: list[Result], path: Path) -> Path | None:
                 err[1].append(max(0.0, (r.q3 - r.median) * scale))
             if ys:
                 ax.barh(ys, xs, height=height, xerr=err, label=medium, capsize=1.5)
-        ax.set_xscale("log")
+        _log_axis(ax)
         ax.set_title(driver)
         ax.grid(axis="x", which="both", alpha=0.3)
-        ax.set_yticks(range(len(workloads)), workloads)
+        units = {r.workload: r.unit for r in rs}
+        ax.set_yticks(range(len(workloads)),
+                      [wl if units[wl] == "s" else f"{wl} ({units[wl]})" for wl in workloads])
     axes[0][0].invert_yaxis()
     unit = {r.unit for r in rs}
     axes[0][0].set_xlabel("median ms (IQR bars)" if unit == {"s"} else "median MiB/s or IOPS (IQR bars)")
