@@ -1,0 +1,78 @@
+"""One fuzzing session: a driver, a canary beside its home, a parent layer that
+already holds dangerous symlinks, and a check run on every generated tar."""
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import traceback
+from pathlib import Path
+
+from graphdrivers.errors import DriverError
+from graphdrivers.mount import mounts_under
+
+from .canary import diff, make_canary, snapshot
+
+
+class Session:
+    def __init__(self, driver, home: str | os.PathLike):
+        self.driver = driver
+        self.home = Path(home)
+        self.canary = make_canary(self.home.parent / "canary")
+        self.siblings = sorted(os.listdir(self.home.parent))
+        self.canary_before = snapshot(self.canary)
+        self.parent = "fuzzparent"
+        driver.create(self.parent)
+        root = Path(driver.mount(self.parent))
+        try:
+            self.rel = os.path.relpath(self.canary, root)
+            (root / "d").mkdir()
+            (root / "d" / "f").write_bytes(b"parent file\n")
+            os.link(root / "d" / "f", root / "h")
+            os.symlink(str(self.canary), root / "out")           # absolute, outside
+            os.symlink(self.rel, root / "rel")                   # relative, outside
+            os.symlink("../" * 12 + str(self.canary).lstrip("/"), root / "esc")
+            os.symlink("..", root / "up")
+            os.symlink(".", root / "self")
+            os.symlink("loop", root / "loop")
+        finally:
+            driver.unmount(self.parent)
+        self.parent_root = Path(driver.mount(self.parent))   # held for the whole session
+        self.parent_before = snapshot(self.parent_root)
+        self.mounts_before = sorted(mounts_under(self.home))
+        self.counter = itertools.count()
+        self.examples = self.errors = 0
+
+    def close(self) -> None:
+        self.driver.unmount(self.parent)
+        self.driver.remove(self.parent)
+
+    def run(self, data: bytes, with_parent: bool) -> None:
+        """Apply one tar to a fresh layer; fail on any escape or non-DriverError."""
+        layer = f"fuzz{next(self.counter)}"
+        parent = self.parent if with_parent else None
+        self.driver.create(layer, parent)
+        self.examples += 1
+        try:
+            self.driver.apply_diff(layer, parent, io.BytesIO(data))
+        except DriverError as exc:
+            self.errors += 1
+            assert str(exc).strip(), f"{type(exc).__name__} without a message"
+        except BaseException as exc:                             # noqa: BLE001
+            raise AssertionError(f"apply_diff raised {type(exc).__name__}, not a DriverError:\n"
+                                 + "".join(traceback.format_exception(exc))) from None
+        finally:
+            self.check(layer)
+        self.driver.remove(layer)
+        assert not self.driver.exists(layer)
+
+    def check(self, layer: str) -> None:
+        changed = diff(self.canary_before, snapshot(self.canary))
+        assert not changed, "the canary beside the home changed:\n" + "\n".join(changed)
+        changed = diff(self.parent_before, snapshot(self.parent_root))
+        assert not changed, "the parent layer changed:\n" + "\n".join(changed)
+        assert sorted(os.listdir(self.home.parent)) == self.siblings
+        assert sorted(mounts_under(self.home)) == self.mounts_before, "a mount leaked"
+        assert set(self.driver.layers()) == {self.parent, layer}
+        for path in ("/evil", "/tmp/evil", "/etc/evil"):
+            assert not os.path.lexists(path)
