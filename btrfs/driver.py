@@ -19,6 +19,7 @@ import pathlib
 import threading
 from typing import BinaryIO, Iterator, Mapping
 
+from graphdrivers import faults
 from graphdrivers.archive import export_changes
 from graphdrivers.atomicfile import read_json, remove_stale_temps, write_atomic, write_json
 from graphdrivers.changes import changes_size
@@ -126,6 +127,7 @@ class BtrfsDriver(NaiveDiff, Driver):
             if parent is not None:
                 source = self._require(parent)
             write_json(self._meta(id), {"parent": parent, "rw": bool(rw)})
+            faults.point("btrfs.create.after_meta")
             try:
                 try:
                     if source is None:
@@ -136,6 +138,7 @@ class BtrfsDriver(NaiveDiff, Driver):
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise NoSpace(f"no space to create layer {id!r}: {exc.strerror}") from None
                     raise DriverError(f"cannot create btrfs subvolume for {id!r}: {exc}") from None
+                faults.point("btrfs.create.after_subvolume")
                 if source is None:
                     os.chmod(path, 0o755)
                 if size is not None:
@@ -183,6 +186,7 @@ class BtrfsDriver(NaiveDiff, Driver):
                 self._quota_file(id).unlink()
             except FileNotFoundError:
                 pass
+            faults.point("btrfs.remove.after_quota_file")
             quotas_on = quota.enabled(self.home)
             try:
                 deleted = subvol.delete_recursive(path)
@@ -190,6 +194,7 @@ class BtrfsDriver(NaiveDiff, Driver):
                 raise DriverError(f"cannot delete the btrfs subvolume of {id!r}: {exc}") from None
             if quotas_on:
                 self._destroy_stale_qgroups(deleted)
+            faults.point("btrfs.remove.after_delete")
             try:
                 self._meta(id).unlink()
             except FileNotFoundError:

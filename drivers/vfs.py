@@ -21,6 +21,7 @@ import shutil
 import uuid
 from typing import Mapping
 
+from . import faults
 from . import mount as mnt
 from .archive_copy import copy_tree
 from .atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
@@ -134,6 +135,7 @@ class VfsDriver(NaiveDiff, Driver):
             stage = self._staging(id, "new")
             try:
                 os.mkdir(stage, 0o755)
+                faults.point("vfs.create.after_mkdir")
                 os.chmod(stage, 0o755)
                 if os.geteuid() == 0:
                     os.chown(stage, 0, 0)
@@ -141,8 +143,11 @@ class VfsDriver(NaiveDiff, Driver):
                     self._quota.set_quota(stage, size)      # type: ignore[union-attr]
                 if parent is not None:
                     copy_tree(self._layer(parent), stage)
+                faults.point("vfs.create.after_copy")
                 write_json(self._meta / f"{id}.json", {"parent": parent, "rw": rw})
+                faults.point("vfs.create.after_meta")
                 os.rename(stage, self._layer(id))
+                faults.point("vfs.create.after_rename")
                 fsync_dir(self._dir)
             except BaseException as exc:
                 _rmtree(stage)
@@ -166,11 +171,13 @@ class VfsDriver(NaiveDiff, Driver):
             mnt.unmount_all_under(path)     # never let rmtree walk into someone's mount
             doomed = self._staging(id, "removed")
             os.rename(path, doomed)
+            faults.point("vfs.remove.after_rename")
             fsync_dir(self._dir)
             try:
                 os.unlink(self._meta / f"{id}.json")
             except FileNotFoundError:
                 pass
+            faults.point("vfs.remove.after_meta")
             _rmtree(doomed)
 
     def mount(self, id: str, mount_label: str = "") -> pathlib.Path:

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Mapping
 
+from graphdrivers import faults
 from graphdrivers import mount as _mount
 from graphdrivers.archive import apply_tar, export_tree
 from graphdrivers.driver import Change, Driver
@@ -240,6 +241,7 @@ class Overlay2Driver(NaiveDiff, Driver):
         link = f"{home}/{LINK_DIR}/{short}"
         try:
             os.mkdir(tmp, 0o710)
+            faults.point("overlay2.create.after_mkdir")
             if size:
                 try:
                     self._quota.set_quota(Path(tmp), size)
@@ -254,7 +256,9 @@ class Overlay2Driver(NaiveDiff, Driver):
                 _write(f"{tmp}/lower", ":".join(lowers))
                 _write(f"{self._path(parent)}/committed", "")
             os.symlink(f"../{dir_name(layer_id)}/diff", link)
+            faults.point("overlay2.create.after_link")
             os.rename(tmp, self._path(layer_id))
+            faults.point("overlay2.create.after_rename")
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             try:
@@ -283,6 +287,7 @@ class Overlay2Driver(NaiveDiff, Driver):
                 self._drop_mount(merged)           # a stale mount left by a crashed process
             trash = self.home / f".trash-{id}-{uuid.uuid4().hex[:8]}"
             os.rename(layer, trash)                 # from here on the layer is gone
+            faults.point("overlay2.remove.after_rename")
             self._parent_of.pop(id, None)
             short = read_text(trash / "link")
             if short:
@@ -290,6 +295,7 @@ class Overlay2Driver(NaiveDiff, Driver):
                     os.unlink(self.home / LINK_DIR / short)
                 except FileNotFoundError:
                     pass
+            faults.point("overlay2.remove.after_link")
             try:
                 shutil.rmtree(trash)
             except OSError:
@@ -302,6 +308,7 @@ class Overlay2Driver(NaiveDiff, Driver):
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOENT):
                 raise
+        faults.point("overlay2.unmount.after_umount")
         try:
             merged.rmdir()
         except FileNotFoundError:
@@ -319,6 +326,7 @@ class Overlay2Driver(NaiveDiff, Driver):
                 return merged
             try:
                 merged.mkdir(mode=0o700, exist_ok=True)
+                faults.point("overlay2.mount.after_mkdir")
                 readonly = (layer / "committed").exists()
                 options_extra = [("context", mount_label)] if mount_label else []
                 link = read_text(layer / "link")
@@ -332,6 +340,7 @@ class Overlay2Driver(NaiveDiff, Driver):
                 options = self._features.options + options_extra
                 mountapi.in_directory(self.home, lambda: self._mount_call(
                     f"{layer.name}/merged", args[0], args[1], args[2], readonly, options))
+                faults.point("overlay2.mount.after_mount")
             except BaseException as exc:
                 self._refs.decrement(str(merged))
                 try:
