@@ -151,7 +151,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             status = status or (rc if rc not in (0, 5) else 0)
     info["loadavg_after"] = os.getloadavg()
     info["duration_s"] = round(time.monotonic() - started, 1)
-    (out / "machine.json").write_text(json.dumps(info, indent=2) + "\n")
+    # several runs may share one folder (host drivers now, the VM later): keep each
+    runs_file = out / "machine.json"
+    previous = json.loads(runs_file.read_text()) if runs_file.exists() else []
+    runs = previous if isinstance(previous, list) else [previous]
+    runs_file.write_text(json.dumps(runs + [info], indent=2) + "\n")
     _say(f"done in {info['duration_s']} s; raw results in {raw}")
     if not args.no_report:
         from graphdrivers import bench_report

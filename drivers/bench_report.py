@@ -56,7 +56,7 @@ def load(raw_dir: Path) -> tuple[list[Result], list[dict]]:
     for path in sorted(raw_dir.glob("*.json")):
         data = json.loads(path.read_text())
         suite = path.stem.split("-", 1)[0]
-        machines.append(data.get("machine_info", {}))
+        machines.append(dict(data.get("machine_info", {}), file=path.name))
         for b in data.get("benchmarks", []):
             info = b.get("extra_info", {})
             if "driver" not in info:
@@ -248,9 +248,10 @@ def write_report(out: Path) -> Path:
     raw = out / "raw"
     results, machines = load(raw)
     rat = ratios(results)
-    machine = {}
+    runs: list[dict] = []
     if (out / "machine.json").exists():
-        machine = json.loads((out / "machine.json").read_text())
+        loaded = json.loads((out / "machine.json").read_text())
+        runs = loaded if isinstance(loaded, list) else [loaded]
     suites = sorted({r.suite for r in results})
     charts: dict[str, list[Path]] = {}
     for suite in suites:
@@ -258,7 +259,7 @@ def write_report(out: Path) -> Path:
                 chart_values(suite, results, out / f"values_{suite}.png")]
         charts[suite] = [p for p in made if p]
     lines = ["# graphdrivers benchmark report", ""]
-    lines += _machine_section(machine, machines, results)
+    lines += _machine_section(runs, machines, results)
     lines += _summary_section(rat)
     for suite in suites:
         lines += [f"## Suite `{suite}`", ""]
@@ -273,19 +274,25 @@ def write_report(out: Path) -> Path:
     return path
 
 
-def _machine_section(machine: dict, machines: list[dict], results: list[Result]) -> list[str]:
+def _machine_section(runs: list[dict], machines: list[dict], results: list[Result]) -> list[str]:
     lines = ["## Machine and run", ""]
     bm = next((m for m in machines if m), {})
-    if machine:
-        lines += [f"- date: {machine.get('date')}, duration {machine.get('duration_s')} s",
+    for machine in runs:
+        lines += [f"Run of {machine.get('date')} ({machine.get('duration_s')} s): "
+                  f"`{json.dumps(machine.get('run', {}))}`", "",
                   f"- machine: {machine.get('cpu')}, {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB",
                   f"- kernel: {machine.get('kernel')} ({machine.get('machine')}), Python {machine.get('python')}",
                   "- versions: " + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items() if v),
-                  f"- load average before / after: {machine.get('loadavg')} / {machine.get('loadavg_after')}",
-                  f"- run: {json.dumps(machine.get('run', {}))}"]
+                  f"- load average (1, 5, 15 min) before / after: {machine.get('loadavg')} / "
+                  f"{machine.get('loadavg_after')}"]
         if machine.get("note"):
             lines.append(f"- **note:** {machine['note']}")
-    elif bm:
+        lines.append("")
+    kernels = [f"`{m['file']}`: {m.get('release')}" for m in machines if m.get("release")]
+    if kernels:
+        lines += ["Kernel each raw file was measured on (devicemapper runs in a qemu TCG VM: "
+                  "compare its ratios, not its absolute times): " + ", ".join(kernels), ""]
+    if not runs and bm:
         lines += [f"- machine: {bm.get('cpu', {}).get('brand_raw')}, kernel {bm.get('release')}, "
                   f"Python {bm.get('python_version')}"]
     lines += ["", "Backing media (each driver's home filesystem):", "",
