@@ -13,7 +13,7 @@ import graphdrivers
 from graphdrivers import loopback
 from graphdrivers.errors import InvalidOption, NoSpace
 
-from backends.devicemapper import backend, teardown
+from backends.devicemapper import backend, require_dm, teardown
 
 pytestmark = pytest.mark.devicemapper
 
@@ -55,6 +55,7 @@ def _roundtrip(home, options):
 
 
 def test_pool_on_block_devices(tmp_path):
+    require_dm()
     data, meta = _disks(2)[:2]
     for dev in (data, meta):
         _wipe(dev)
@@ -65,6 +66,7 @@ def test_pool_on_block_devices(tmp_path):
 
 
 def test_block_devices_in_use_are_refused(tmp_path):
+    require_dm()
     data, meta = _disks(2)[:2]
     _wipe(meta)
     subprocess.run(["mkfs.ext4", "-q", "-F", data], check=True)
@@ -86,6 +88,7 @@ def test_block_devices_in_use_are_refused(tmp_path):
 @pytest.fixture
 def external_pool(tmp_path):
     """A thin pool built by hand (as an operator would), on two loop files."""
+    require_dm()
     from graphdrivers.devmapper import dm
     before = set(dm.list_devices())
     files = []
@@ -232,6 +235,7 @@ def _supports_odirect(directory: Path) -> bool:
 
 
 def test_direct_lvm(tmp_path):
+    require_dm()
     disk = _disks(3)[2]
     _wipe(disk)
     from graphdrivers.devmapper import lvm
