@@ -86,10 +86,10 @@ def _bench_env(args: argparse.Namespace, drivers: list[str]) -> dict[str, str]:
     return env
 
 
-def _pytest_args(suite: str, json_path: Path, quiet: bool) -> list[str]:
+def _pytest_args(suite: str, json_path: Path) -> list[str]:
     return [SUITES[suite], "--benchmark-enable", f"--benchmark-json={json_path}",
             "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
-            "-p", "no:cacheprovider", "-q" if quiet else "-v", "-rs"]
+            "-p", "no:cacheprovider", "-v", "-rs"]     # -v: one line per case = progress
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None, log: Path) -> int:
@@ -101,6 +101,7 @@ def _run(cmd: list[str], cwd: Path, env: dict | None, log: Path) -> int:
             assert proc.stdout is not None
             for line in proc.stdout:
                 out.write(line)
+                out.flush()
                 sys.stderr.write(line)
             return proc.wait()
         except KeyboardInterrupt:
@@ -136,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say(f"[{n}/{len(suites)}] {suite}: {', '.join(host)} on {args.media}"
                  f"{' (' + args.block_device + ')' if args.block_device else ' (zram)'}")
             env = dict(os.environ, **_bench_env(args, host))
-            cmd = [sys.executable, "-m", "pytest", *_pytest_args(suite, raw / f"{suite}.json", args.quick)]
+            cmd = [sys.executable, "-m", "pytest", *_pytest_args(suite, raw / f"{suite}.json")]
             rc = _run(cmd, root, env, raw / f"{suite}.log")
             status = status or (rc if rc not in (0, 5) else 0)
         if vm:
@@ -145,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             vm_env["GRAPHDRIVERS_BENCH_DEVICE"] = ""     # the VM's own disks, never the host's
             cmd = [str(root / "scripts" / "vm-test"), "--vm-rwdir", str(raw), "--vm-disks", "3",
                    "--vm-disk-size", "4G", "-m", "",
-                   *_pytest_args(suite, raw / f"{suite}-devicemapper.json", args.quick),
+                   *_pytest_args(suite, raw / f"{suite}-devicemapper.json"),
                    *[f"--bench-env={k}={v}" for k, v in vm_env.items()]]
             rc = _run(cmd, root, None, raw / f"{suite}-devicemapper.log")
             status = status or (rc if rc not in (0, 5) else 0)
