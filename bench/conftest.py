@@ -11,9 +11,10 @@ by environment variables (``graphdrivers bench run`` sets them):
   GRAPHDRIVERS_BENCH_QUICK     1 = small sizes and few rounds
   GRAPHDRIVERS_BENCH_SIZE      medium size (default 1G quick, 4G otherwise)
 
-Only one medium exists at a time (an operator's device cannot hold two), and
-pytest orders the tests so each medium is prepared once. A driver is shared by
-the tests of one medium; each test removes the layers it made.
+On zram all media stay open and each case runs on every medium back to back
+(same load); on an operator's device only one medium exists at a time and
+pytest groups the cases by medium. A driver is shared by the tests of one
+medium; each test removes the layers it made.
 """
 from __future__ import annotations
 
@@ -71,17 +72,25 @@ class BenchEnv:
     description: dict = field(default_factory=dict)
 
 
-class _Current:
-    """The one open medium (and its driver), closed before the next one opens."""
-    key: tuple[str, str] | None = None
-    env: BenchEnv | None = None
-    stack: contextlib.ExitStack | None = None
+class _Media:
+    """The open media (and their drivers), keyed by (driver, medium).
 
-    @classmethod
-    def close(cls) -> None:
-        if cls.stack is not None:
-            stack, cls.stack, cls.key, cls.env = cls.stack, None, None, None
-            stack.close()
+    On zram every medium stays open for the whole session, so pytest can run
+    a case on loop and on block back to back (the machine's load drifts over
+    minutes; adjacent runs see the same load). An operator's device can hold
+    only one medium: the previous one is closed before the next opens.
+    """
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[str, str], tuple[BenchEnv, contextlib.ExitStack]] = {}
+
+    def close(self, keep: tuple[str, str] | None = None) -> None:
+        for key in [k for k in self.open if k != keep]:
+            self.open.pop(key)[1].close()
+
+
+def single_medium() -> bool:
+    return bool(os.environ.get("GRAPHDRIVERS_BENCH_DEVICE"))
 
 
 def _open_host(stack: contextlib.ExitStack, name: str, kind: str, work: Path) -> BenchEnv:
@@ -133,10 +142,20 @@ def _open_devicemapper(stack: contextlib.ExitStack, kind: str, work: Path) -> Be
 
 
 @pytest.fixture(scope="session")
-def bench_env(request, tmp_path_factory) -> BenchEnv:
+def _bench_media():
+    media_ = _Media()
+    try:
+        yield media_
+    finally:
+        media_.close()
+
+
+@pytest.fixture(scope="session")    # the parametrization below sets the real scope
+def bench_env(request, tmp_path_factory, _bench_media) -> BenchEnv:
     name, kind = request.param
-    if _Current.key != (name, kind):
-        _Current.close()
+    if (name, kind) not in _bench_media.open:
+        if single_medium():
+            _bench_media.close()
         stack = contextlib.ExitStack()
         work = tmp_path_factory.mktemp(f"bench-{name}-{kind}")
         try:
@@ -145,15 +164,30 @@ def bench_env(request, tmp_path_factory) -> BenchEnv:
         except BaseException:
             stack.close()
             raise
-        _Current.key, _Current.env, _Current.stack = (name, kind), env, stack
-        request.addfinalizer(_Current.close)
-    return _Current.env
+        _bench_media.open[(name, kind)] = (env, stack)
+    return _bench_media.open[(name, kind)][0]
+
+
+def pytest_addoption(parser):
+    # the VM runner (scripts/vm-test) carries no environment into the guest, so
+    # the same settings can come as pytest options: --bench-env KEY=VALUE
+    parser.addoption("--bench-env", action="append", default=[], metavar="KEY=VALUE",
+                     help="set a GRAPHDRIVERS_BENCH_* variable for this run")
+
+
+def pytest_configure(config):
+    for item in config.getoption("--bench-env") or []:
+        key, _, value = item.partition("=")
+        os.environ[key] = value
 
 
 def pytest_generate_tests(metafunc):
     if "bench_env" in metafunc.fixturenames:
         pairs = [(d, k) for d in bench_drivers() for k in bench_media(d)]
-        metafunc.parametrize("bench_env", pairs, indirect=True, scope="session",
+        # function scope keeps pytest from grouping by medium: each case runs on
+        # loop and on block back to back; one device at a time must be grouped
+        metafunc.parametrize("bench_env", pairs, indirect=True,
+                             scope="session" if single_medium() else "function",
                              ids=[f"{d}-{k}" for d, k in pairs])
 
 
