@@ -127,6 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     host = [d for d in drivers if d != "devicemapper" or _host_has_dm()]
     vm = [d for d in drivers if d not in host]
     info = machine_info()
+    if args.note:
+        info["note"] = args.note
     info["run"] = {"drivers": drivers, "media": args.media, "quick": args.quick,
                    "block_device": args.block_device, "suites": suites,
                    "devicemapper": "VM (scripts/vm-test)" if vm else ("host" if "devicemapper" in drivers else None)}
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--block-device", default=None, help="a real block device to use instead of zram (WIPED)")
     r.add_argument("--yes-destroy-data", action="store_true", help="confirm that --block-device may be wiped")
     r.add_argument("--no-report", action="store_true", help="only the raw JSON, no report.md")
+    r.add_argument("--note", default="", help="a remark recorded in the report (e.g. what else ran)")
     r.add_argument("--out", required=True, help="output folder (raw/ JSON, report.md, PNGs)")
     rep = sub.add_parser("report", help="write DIR/report.md and charts from DIR/raw/*.json")
     rep.add_argument("dir")

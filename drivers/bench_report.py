@@ -283,10 +283,15 @@ def _machine_section(runs: list[dict], machines: list[dict], results: list[Resul
                   f"- machine: {machine.get('cpu')}, {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB",
                   f"- kernel: {machine.get('kernel')} ({machine.get('machine')}), Python {machine.get('python')}",
                   "- versions: " + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items() if v),
-                  f"- load average (1, 5, 15 min) before / after: {machine.get('loadavg')} / "
-                  f"{machine.get('loadavg_after')}"]
+                  f"- load average (1, 5, 15 min) before / after: {_loads(machine.get('loadavg'))} / "
+                  f"{_loads(machine.get('loadavg_after'))}"]
         if machine.get("note"):
             lines.append(f"- **note:** {machine['note']}")
+        load = max([*(machine.get("loadavg") or [0]), *(machine.get("loadavg_after") or [0])])
+        if machine.get("cpus") and load > machine["cpus"]:
+            lines.append(f"- **loaded machine:** load average up to {load:.1f} on {machine['cpus']} CPUs "
+                         "(other work ran alongside): expect wide spreads and single ratios that are "
+                         "noise; trust consistent patterns across drivers, not one cell")
         lines.append("")
     kernels = [f"`{m['file']}`: {m.get('release')}" for m in machines if m.get("release")]
     if kernels:
@@ -307,6 +312,10 @@ def _machine_section(runs: list[dict], machines: list[dict], results: list[Resul
         lines.append(f"| {r.driver} | {r.medium} | {m.get('fstype', '')} | {m.get('device', '')} | "
                      f"{m.get('backing', '')} | {json.dumps(m.get('details', {k: v for k, v in m.items() if k == 'blocksize'}))} |")
     return lines + [""]
+
+
+def _loads(values) -> str:
+    return ", ".join(f"{v:.1f}" for v in values or [])
 
 
 def _summary_section(rat: dict) -> list[str]:
