@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import quick
+
+def quick() -> bool:
+    """GRAPHDRIVERS_BENCH_QUICK=1 (set by `graphdrivers bench run --quick`)."""
+    return os.environ.get("GRAPHDRIVERS_BENCH_QUICK", "") not in ("", "0")
+
 
 SIZE = (32 if quick() else 256) << 20
 ROUNDS = 3 if quick() else 8

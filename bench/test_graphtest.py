@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import quick
+
+def quick() -> bool:
+    """GRAPHDRIVERS_BENCH_QUICK=1 (set by `graphdrivers bench run --quick`)."""
+    return os.environ.get("GRAPHDRIVERS_BENCH_QUICK", "") not in ("", "0")
+
 
 MANY = 1_000 if quick() else 10_000         # "10K" files of moby's DiffN
 DEPTH = 20                                  # moby's Diff20Layers / Read20Layers
