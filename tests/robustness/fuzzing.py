@@ -40,6 +40,7 @@ class Session:
         self.parent_root = Path(driver.mount(self.parent))   # held for the whole session
         self.parent_before = snapshot(self.parent_root)
         self.mounts_before = sorted(mounts_under(self.home))
+        self.home_before = _without_dir_times(snapshot(self.home))
         self.counter = itertools.count()
         self.examples = self.errors = 0
 
@@ -65,6 +66,9 @@ class Session:
             self.check(layer)
         self.driver.remove(layer)
         assert not self.driver.exists(layer)
+        # once the layer is gone, the whole home is as before (directory mtimes aside)
+        changed = diff(self.home_before, _without_dir_times(snapshot(self.home)))
+        assert not changed, "the driver home changed outside the layer:\n" + "\n".join(changed)
 
     def check(self, layer: str) -> None:
         changed = diff(self.canary_before, snapshot(self.canary))
@@ -76,3 +80,11 @@ class Session:
         assert set(self.driver.layers()) == {self.parent, layer}
         for path in ("/evil", "/tmp/evil", "/etc/evil"):
             assert not os.path.lexists(path)
+
+
+def _without_dir_times(snap: dict) -> dict:
+    """Directory mtimes change with every create/remove of a layer: leave them out
+    (and overlay2's ``committed`` mark, which a parent gets with its first child)."""
+    import stat
+    return {k: v if not stat.S_ISDIR(v[0]) else v[:6] + (None,) + v[7:] for k, v in snap.items()
+            if not k.endswith("/committed")}
