@@ -3,7 +3,7 @@
 After every generated tar: the canary tree beside the home and the parent
 layer are byte-for-byte and inode-for-inode unchanged, no mount leaked, and
 any error was a DriverError with a message. CI runs GRAPHDRIVERS_FUZZ_EXAMPLES
-(default 150) derandomized examples per driver; bench/fuzz_apply.py runs the
+(default 120) derandomized examples per driver; bench/fuzz_apply.py runs the
 long random campaign.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from .fuzzing import Session
 from .hostile import streams
 
-EXAMPLES = int(os.environ.get("GRAPHDRIVERS_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("GRAPHDRIVERS_FUZZ_EXAMPLES", "120"))
 LONG = "GRAPHDRIVERS_FUZZ_EXAMPLES" in os.environ
 
 
