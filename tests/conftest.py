@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,6 +77,21 @@ def home_and_options(driver_name, tmp_path):
         except graphdrivers.NotSupported as exc:
             skip_unless_requested(driver_name, exc)
         yield prepared
+    _reclaim(tmp_path)
+
+
+def _reclaim(tmp_path: Path) -> None:
+    """Delete a finished test's files (pool images, layers): pytest keeps every
+    tmp_path of a session, which fills the VM's tmpfs after a few dozen pools.
+    Only when nothing is mounted below any more, so no mounted data is touched."""
+    from graphdrivers.mount import mounts_under
+    if mounts_under(tmp_path):
+        return
+    for entry in tmp_path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 @pytest.fixture
