@@ -22,6 +22,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -81,6 +82,15 @@ def mounted(device: str, target: Path, fstype: str) -> Iterator[Path]:
             mount.umount(target, mount.MNT_DETACH)
 
 
+def _wait_detached(device: str, timeout: float = 5.0) -> None:
+    """Autoclear detaches asynchronously; the host filesystem under the image
+    can only be unmounted once the loop device let go of the file."""
+    backing = Path("/sys/block") / Path(device).name / "loop" / "backing_file"
+    deadline = time.monotonic() + timeout
+    while backing.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def zram_device(size: int) -> Iterator[str]:
     """A fresh zram block device of ``size`` bytes, hot-removed afterwards."""
@@ -92,10 +102,15 @@ def zram_device(size: int) -> Iterator[str]:
         (sysdir / "disksize").write_text(str(size))
         yield f"/dev/zram{num}"
     finally:
-        with contextlib.suppress(OSError):
-            (sysdir / "reset").write_text("1")      # frees its memory
-        with contextlib.suppress(OSError):
-            (ZRAM_CONTROL / "hot_remove").write_text(str(num))
+        # a lazily detached mount or a loop device still closing can hold the
+        # device for a moment: retry rather than leak it
+        for _ in range(50):
+            try:
+                (sysdir / "reset").write_text("1")      # frees its memory
+                (ZRAM_CONTROL / "hot_remove").write_text(str(num))
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -155,3 +170,4 @@ def medium(kind: str, fstype: str, workdir: Path, size: int,
                                  {"image_on": f"ext4 on {dev}", "loop_direct_io": dio})
             finally:
                 loop.close()        # autoclear: the loop device goes with the last user
+                _wait_detached(loop.path)
