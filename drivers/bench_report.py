@@ -130,12 +130,14 @@ def _geomean(values: list[float]) -> float | None:
 
 # -- charts -----------------------------------------------------------------------
 
-def _log_axis(ax) -> None:
+def _log_axis(ax, minor_labels: bool = False) -> None:
     """Log x axis with plain numbers (0.5, 2, 100) instead of 5x10^-1."""
     from matplotlib.ticker import FuncFormatter
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    # on a narrow range (ratios) label the 2s and 5s between the decades too
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if minor_labels and v > 0 and f"{v:.0e}"[0] in "25" else ""))
 
 def _plt():
     import matplotlib
@@ -151,7 +153,7 @@ def chart_ratios(suite: str, rat: dict, path: Path) -> Path | None:
         return None
     plt = _plt()
     workloads = sorted({k[1] for k in rows})
-    series = sorted({(k[2], name) for k, v in rows.items() for name in v})
+    series = sorted({(k[2], name) for k, v in rows.items() for name in v}, key=_column_order)
     height = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(workloads) * max(1, len(series) / 3) + 1.6), dpi=90)
     for i, (driver, name) in enumerate(series):
@@ -159,7 +161,7 @@ def chart_ratios(suite: str, rat: dict, path: Path) -> Path | None:
         xs = [rows.get((suite, wl, driver), {}).get(name, float("nan")) for wl in workloads]
         ax.barh(ys, xs, height=height, label=f"{driver} {name}")
     ax.axvline(1.0, color="black", linewidth=0.8)
-    _log_axis(ax)
+    _log_axis(ax, minor_labels=True)
     ax.set_yticks(range(len(workloads)), workloads)
     ax.invert_yaxis()
     ax.set_xlabel("loop slowdown (loop / block, median; > 1 = loop slower)")
@@ -179,7 +181,7 @@ def chart_values(suite: str, results: list[Result], path: Path) -> Path | None:
         return None
     plt = _plt()
     drivers = sorted({r.driver for r in rs})
-    media = sorted({r.medium for r in rs}, key=lambda m: (_split(m)[1], _split(m)[0] != "loop", m))
+    media = sorted({r.medium for r in rs}, key=_medium_order)
     workloads = sorted({r.workload for r in rs})
     fig, axes = plt.subplots(1, len(drivers), figsize=(4.2 * len(drivers) + 1.5, 0.35 * len(workloads) + 1.8),
                              dpi=90, sharey=True, squeeze=False)
@@ -314,6 +316,18 @@ def _machine_section(runs: list[dict], machines: list[dict], results: list[Resul
     return lines + [""]
 
 
+def _medium_order(medium: str) -> tuple:
+    kind, variant = _split(medium)
+    order = ("loop", "loop-dio", "block")
+    return (variant, order.index(kind) if kind in order else len(order), kind)
+
+
+def _column_order(column: tuple[str, str]) -> tuple:
+    """Per driver: plain loop first, then loop-dio, then other block sizes."""
+    driver, name = column
+    return (driver, "@" in name, not name.startswith("loop/"), name)
+
+
 def _loads(values) -> str:
     return ", ".join(f"{v:.1f}" for v in values or [])
 
@@ -321,7 +335,7 @@ def _loads(values) -> str:
 def _summary_section(rat: dict) -> list[str]:
     if not rat:
         return ["No loop/block pairs in this run.", ""]
-    columns = sorted({(k[2], name) for k, v in rat.items() for name in v})
+    columns = sorted({(k[2], name) for k, v in rat.items() for name in v}, key=_column_order)
     lines = ["## Headline: loop slowdown per workload and driver", "",
              "Median loop time / median block time on the same device in the same run "
              "(for fio: block throughput / loop throughput). **> 1 means the loop path is slower.**", "",
@@ -337,8 +351,9 @@ def _summary_section(rat: dict) -> list[str]:
 
 def _driver_table(suite: str, driver: str, results: list[Result], rat: dict) -> list[str]:
     rs = [r for r in results if r.suite == suite and r.driver == driver]
-    media = sorted({r.medium for r in rs}, key=lambda m: (_split(m)[1], _split(m)[0] != "loop", m))
-    names = sorted({n for k, v in rat.items() if k[0] == suite and k[2] == driver for n in v})
+    media = sorted({r.medium for r in rs}, key=_medium_order)
+    names = [n for _, n in sorted({(driver, n) for k, v in rat.items() if k[0] == suite and k[2] == driver
+                                   for n in v}, key=_column_order)]
     lines = [f"### {suite} — {driver}", "",
              "Median (interquartile range)" + (" of time per operation" if rs and rs[0].unit == "s"
                                                 else " of fio throughput, per round")
