@@ -28,6 +28,16 @@ KINDS = ["file", "file", "dir", "dir", "sym", "sym", "lnk", "lnk", "chr", "blk",
 MODES = [0o644, 0o755, 0o600, 0o000, 0o4755, 0o2755, 0o1777, 0o7777]
 
 
+# names that pass the first checks, so that a tar builds structure (directories,
+# symlinks, hard links) before its one hostile entry
+BENIGN = ["a", "b", "d", "f", "sub", "out", "rel", "esc", "up", "self", "loop", "h", ".wh.a",
+          ".wh.f", ".wh..wh..opq", "x" * 255]
+
+
+def benign_names() -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(BENIGN), min_size=1, max_size=4).map("/".join)
+
+
 def names() -> st.SearchStrategy[str]:
     inner = st.lists(st.sampled_from(PIECES), min_size=1, max_size=4).map("/".join)
     # mostly plain relative names, so that most tars get past the first checks
@@ -62,9 +72,9 @@ def hardlink_targets(canary: str, rel: str) -> st.SearchStrategy[str]:
 
 
 @st.composite
-def entries(draw, canary: str, rel: str) -> tarfile.TarInfo:
+def entries(draw, canary: str, rel: str, benign: bool = False) -> tarfile.TarInfo:
     kind = draw(st.sampled_from(KINDS))
-    info = tarfile.TarInfo(draw(names()))
+    info = tarfile.TarInfo(draw(benign_names() if benign else names()))
     info.mode = draw(st.sampled_from(MODES))
     info.mtime = draw(st.sampled_from([0, 1_700_000_000, 2**33]))
     info.uid, info.gid = draw(st.sampled_from([(0, 0), (1000, 1000), (65534, 65534)]))
@@ -79,10 +89,11 @@ def entries(draw, canary: str, rel: str) -> tarfile.TarInfo:
         info.type = tarfile.DIRTYPE
     elif kind == "sym":
         info.type = tarfile.SYMTYPE
-        info.linkname = draw(link_targets(canary, rel))
+        info.linkname = draw(benign_names() | link_targets(canary, rel) if benign
+                             else link_targets(canary, rel))
     elif kind == "lnk":
         info.type = tarfile.LNKTYPE
-        info.linkname = draw(hardlink_targets(canary, rel))
+        info.linkname = draw(benign_names() if benign else hardlink_targets(canary, rel))
     else:
         info.type = {"chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}[kind]
         info.devmajor, info.devminor = draw(st.sampled_from([(1, 3), (0, 0), (7, 0), (8, 0)]))
@@ -92,7 +103,7 @@ def entries(draw, canary: str, rel: str) -> tarfile.TarInfo:
         st.one_of(names(), link_targets(canary, rel),
                   st.sampled_from(["0", "1", "-1", "abc", "99999999999999999999", "4294967296",
                                    "y", ""])),
-        max_size=2)) if draw(st.integers(0, 3)) == 0 else {}
+        max_size=2)) if not benign and draw(st.integers(0, 9)) == 0 else {}
     info.pax_headers = pax
     return info, data
 
@@ -112,12 +123,16 @@ def encode(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int) -> bytes:
 
 @st.composite
 def streams(draw, canary: str, rel: str) -> bytes:
-    members = draw(st.lists(entries(canary, rel), min_size=1, max_size=8))
+    if draw(st.booleans()):          # all wild
+        members = draw(st.lists(entries(canary, rel), min_size=1, max_size=8))
+    else:                            # plain structure, then one wild entry somewhere in it
+        members = draw(st.lists(entries(canary, rel, benign=True), min_size=1, max_size=10))
+        members.insert(draw(st.integers(0, len(members))), draw(entries(canary, rel)))
     if draw(st.booleans()) and members:
         members = members + [draw(st.sampled_from(members))]        # a duplicate entry
     fmt = draw(st.sampled_from([tarfile.PAX_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]))
     data = encode(members, fmt)
-    mutation = draw(st.sampled_from(["none"] * 8 + ["truncate", "flip", "garbage",
+    mutation = draw(st.sampled_from(["none"] * 12 + ["truncate", "flip", "garbage",
                                      "noend", "header"]))
     if mutation == "truncate":
         data = data[:draw(st.integers(BLOCK, len(data) - 1) | st.integers(0, len(data) - 1))]

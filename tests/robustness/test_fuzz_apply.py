@@ -32,7 +32,33 @@ def session(driver, home_and_options):
 
 
 def test_fuzz_apply_diff(session, driver_name):
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not LONG,
+    _fuzz(session, driver_name, EXAMPLES)
+
+
+def test_fuzz_overlay2_naive_apply(tmp_path, monkeypatch):
+    """overlay2 with the naive diff applies through the overlay mount itself
+    (copy-up of the parent's entries, whiteouts made by the kernel): a path of
+    its own, fuzzed with a third of the examples."""
+    import graphdrivers
+    from conftest import driver_home
+    if "overlay2" not in graphdrivers.available():
+        pytest.skip("overlay2 is not installed")
+    monkeypatch.setenv("GRAPHDRIVERS_OVERLAY2_NAIVE_DIFF", "1")
+    with driver_home("overlay2", tmp_path) as (home, options):
+        try:
+            drv = graphdrivers.load("overlay2", home, options)
+        except graphdrivers.NotSupported as exc:
+            pytest.skip(f"overlay2: {exc}")
+        session = Session(drv, home)
+        try:
+            _fuzz(session, "overlay2-naive", max(EXAMPLES // 3, 10))
+        finally:
+            session.close()
+            drv.cleanup()
+
+
+def _fuzz(session, driver_name, examples):
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=not LONG,
               suppress_health_check=list(HealthCheck), print_blob=True)
     @given(data=streams(str(session.canary), session.rel), with_parent=st.booleans())
     def one(data: bytes, with_parent: bool) -> None:
@@ -45,4 +71,4 @@ def test_fuzz_apply_diff(session, driver_name):
         with open(report, "a") as f:
             f.write(json.dumps({"driver": driver_name, "examples": session.examples,
                                 "driver_errors": session.errors}) + "\n")
-    assert session.examples >= min(EXAMPLES, 50)
+    assert session.examples >= min(examples, 10)
