@@ -240,6 +240,12 @@ WHY = """\
   write to any block allocates it in the host filesystem too, so first writes
   (`seq_write`, `first_write`, small files) pay twice; rewrites of blocks
   already allocated pay only the extra layering.
+* **devicemapper's loop-lvm** puts the thin pool's data and metadata on two
+  sparse files: every thin allocation (64 KB blocks by default; 512 KB makes
+  fewer, larger allocations and copies more on a partial overwrite of a
+  snapshot's block) is also an allocation in the host filesystem, and Docker's
+  default on loop files discards a layer's blocks before deleting it
+  (`dm.blkdiscard`), so `remove` pays a hole punch in the data file.
 * **One worker per loop device.** The loop driver hands requests to a kernel
   worker that turns them into file I/O; small random I/O pays this per request.
 """
