@@ -167,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="graphdrivers bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="graphdrivers bench",
+                                description="run the benchmark suites (run), write a report (report)")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the benchmark suites")
     r.add_argument("--drivers", action="append", default=[],

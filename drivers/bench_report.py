@@ -254,6 +254,9 @@ WHY = """\
 def write_report(out: Path) -> Path:
     out = Path(out)
     raw = out / "raw"
+    if not any(raw.glob("*.json")):
+        raise SystemExit(f"graphdrivers bench report: no results in {raw}/*.json "
+                         "(write them with: graphdrivers bench run --out DIR)")
     results, machines = load(raw)
     rat = ratios(results)
     runs: list[dict] = []
