@@ -76,10 +76,11 @@ def mounted(device: str, target: Path, fstype: str) -> Iterator[Path]:
     try:
         yield target
     finally:
-        try:
-            mount.umount(target, retries=20)
-        except OSError:         # still busy: detach so the device can be released
-            mount.umount(target, mount.MNT_DETACH)
+        if mount.is_mountpoint(target):     # a cleanup under it may have unmounted it already
+            try:
+                mount.umount(target, retries=20)
+            except OSError:         # still busy: detach so the device can be released
+                mount.umount(target, mount.MNT_DETACH)
 
 
 def _wait_detached(device: str, timeout: float = 5.0) -> None:
