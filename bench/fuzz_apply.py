@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:randomly",
                               str(ROOT / "tests/robustness/test_fuzz_apply.py")], env=env, cwd=ROOT)
         elapsed = time.monotonic() - start
-        rows = [json.loads(line) for line in open(report.name) if line.strip()]
+        with open(report.name) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
     for row in rows:
         print(f"{row['driver']:10} {row['examples']:8} tars applied, "
               f"{row['driver_errors']:8} refused with a DriverError"

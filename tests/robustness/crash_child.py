@@ -22,7 +22,7 @@ class KillingStream:
     """A file whose reader is SIGKILLed once more than ``limit`` bytes were read."""
 
     def __init__(self, path: str, limit: int):
-        self.f = open(path, "rb")
+        self.f = open(path, "rb")         # noqa: SIM115  (read until the process dies)
         self.limit = limit
         self.pos = 0
 
