@@ -61,6 +61,24 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
+# Scratch dirs in the home are named <prefix>...-<pid>-<random>: a new load removes only
+# those whose process is gone, never the in-progress work of a live process.
+_SCRATCH = (".tmp-", ".trash-", ".probe-", ".lowerdir-probe-")
+
+
+def _owner_alive(name: str) -> bool:
+    parts = name.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -125,7 +143,7 @@ class Overlay2Driver(NaiveDiff, Driver):
         self.max_depth = KERNEL_MAX_LOWERS if self._new_api else LEGACY_MAX_LOWERS
 
     def _probe_mount(self, naive_diff: bool | None) -> None:
-        scratch = self.home / f".probe-{uuid.uuid4().hex[:12]}"
+        scratch = self.home / f".probe-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         scratch.mkdir()
         try:
             def mount_fn(target, lowers, upper, work, readonly):
@@ -143,7 +161,8 @@ class Overlay2Driver(NaiveDiff, Driver):
     def _recover(self) -> None:
         """Finish what a crashed process left: temp and trash dirs, dangling links, empty merged."""
         for entry in os.scandir(self.home):
-            if entry.name.startswith((".tmp-", ".trash-", ".probe-")) and entry.is_dir():
+            if entry.name.startswith(_SCRATCH) and entry.is_dir() and \
+                    not _owner_alive(entry.name):
                 _mount.unmount_all_under(entry.path)
                 shutil.rmtree(entry.path, ignore_errors=True)
         links = self.home / LINK_DIR
@@ -236,7 +255,7 @@ class Overlay2Driver(NaiveDiff, Driver):
                size: int | None) -> None:
         """Make the layer in a temp dir and rename it into place: all or nothing."""
         home = str(self.home)
-        tmp = f"{home}/.tmp-{layer_id}-{os.urandom(4).hex()}"
+        tmp = f"{home}/.tmp-{layer_id}-{os.getpid()}-{os.urandom(4).hex()}"
         short = new_short_name()
         link = f"{home}/{LINK_DIR}/{short}"
         try:
@@ -285,7 +304,7 @@ class Overlay2Driver(NaiveDiff, Driver):
                                  f"{', ...' if len(children) > 5 else ''}); remove them first")
             if merged.exists():
                 self._drop_mount(merged)           # a stale mount left by a crashed process
-            trash = self.home / f".trash-{id}-{uuid.uuid4().hex[:8]}"
+            trash = self.home / f".trash-{id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(layer, trash)                 # from here on the layer is gone
             faults.point("overlay2.remove.after_rename")
             self._parent_of.pop(id, None)

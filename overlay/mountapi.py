@@ -114,7 +114,8 @@ def supports_lowerdir_plus(scratch_parent: str | os.PathLike) -> tuple[bool, str
     create time, so the probe builds a real (never attached) superblock over
     two scratch directories.
     """
-    scratch = os.path.join(os.fspath(scratch_parent), f".lowerdir-probe-{os.urandom(4).hex()}")
+    scratch = os.path.join(os.fspath(scratch_parent),
+                           f".lowerdir-probe-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         fd = _fsopen("overlay")
     except OSError as exc:

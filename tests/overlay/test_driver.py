@@ -126,14 +126,26 @@ def test_crash_leftovers_are_cleaned_at_load(ovl, method):
     (ovl.home / ".tmp-half-1234/diff").mkdir()
     os.symlink("../half/diff", ovl.home / "l/DANGLINGDANGLINGDANGLING12")
     (ovl.home / ".trash-old-5678/diff").mkdir(parents=True)
+    dead = _dead_pid()
+    (ovl.home / f".tmp-gone-{dead}-abcd/diff").mkdir(parents=True)
+    live = ovl.home / f".tmp-busy-{os.getpid()}-abcd"     # another live process is building it
+    (live / "diff").mkdir(parents=True)
     fresh = open_driver(ovl.home, method)
     try:
         assert fresh.layers() == ["base"]
-        assert sorted(os.listdir(ovl.home)) == ["base", "l"]
+        assert sorted(os.listdir(ovl.home)) == [live.name, "base", "l"]
         assert len(os.listdir(ovl.home / "l")) == 1
         fresh.create("half")
     finally:
         fresh.cleanup()
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
 
 
 def test_layer_named_l_does_not_clash_with_the_link_dir(ovl):
