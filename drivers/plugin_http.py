@@ -287,6 +287,9 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
     daemon_threads = True          # idle keep-alive connections must not block exit
     block_on_close = False
+    # socketserver's default backlog of 5 makes a burst of connects fail with EAGAIN
+    # (Go's net.Dial does not retry that); the kernel caps it at somaxconn anyway
+    request_queue_size = 1024
 
     def __init__(self, socket_path: str | os.PathLike, route: Callable[[Request], None],
                  mode: int = 0o660):

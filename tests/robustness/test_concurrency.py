@@ -208,9 +208,7 @@ def _connect_patiently(c) -> None:
 
 @pytest.mark.parametrize("connect", [
     "before",
-    pytest.param("at_once", marks=pytest.mark.xfail(strict=False, reason=(
-        "UnixHTTPServer keeps socketserver's listen backlog of 5: a burst of connects "
-        "gets EAGAIN, as Go's net.Dial (dockerd) does on a full unix socket backlog")))])
+    "at_once"])
 def test_plugin_server_100_concurrent_clients(tmp_path, connect):
     """100 clients at once, each on its own connection, each a full layer cycle
     (CreateReadWrite, Get, ApplyDiff, Exists, Diff, Put, Remove) on one shared
