@@ -97,7 +97,15 @@ class Overlay2Driver(NaiveDiff, Driver):
                  mount_method: str | None = None, naive_diff: bool | None = None):
         super().__init__(home, options)
         values = parse_options(options, self.OPTIONS)
-        self.home = Path(home)
+        try:
+            self._setup(values, mount_method, naive_diff)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"overlay2 cannot start in {home}: the filesystem is full "
+                              f"({exc.strerror}); free some space and load again") from None
+            raise
+
+    def _setup(self, values: dict, mount_method: str | None, naive_diff: bool | None) -> None:
         self.home.mkdir(mode=0o710, parents=True, exist_ok=True)
         self._features = probe.Features(backing_fs=probe.check_backing(self.home),
                                         options=probe.default_mount_options())
@@ -428,14 +436,15 @@ class Overlay2Driver(NaiveDiff, Driver):
         return meta
 
     def cleanup(self) -> None:
-        """Unmount every layer mounted under the home (ours and ones adopted from a crash)."""
-        root = str(self.home.resolve()).rstrip("/") + "/"
-        for info in _mount.mountinfo():
-            target = info.mountpoint
-            if target.startswith(root) and target.endswith("/merged"):
-                self._drop_mount(Path(target))
+        """Unmount every layer this driver mounted (or adopted by mounting it again).
+
+        Mounts held by another live process on the same home are left alone;
+        stale ones from a crash are unmounted by ``remove`` or adopted by ``mount``.
+        """
         for path in self._refs.paths():
             self._refs.forget(path)
+            if path.endswith("/merged"):
+                self._drop_mount(Path(path))
 
     # -- diffs --------------------------------------------------------------
     def _native(self, id: str, parent: str | None) -> bool:
