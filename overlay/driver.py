@@ -134,6 +134,7 @@ class Overlay2Driver(NaiveDiff, Driver):
         self._locks = IdLocks()
         self._refs = RefCounter(self._is_mounted)
         self._parent_of: dict[str, str | None] = {}
+        self._adopted: set[str] = set()
         self._recover()
 
     # -- start-up ---------------------------------------------------------
@@ -349,7 +350,12 @@ class Overlay2Driver(NaiveDiff, Driver):
                 self._refs.increment(str(layer / "diff"))
                 return layer / "diff"
             merged = layer / "merged"
-            if self._refs.increment(str(merged)) > 1:
+            key = str(merged)
+            # a mount we did not make (another process, or a crashed one): count it, never
+            # unmount it from cleanup()
+            if self._refs.count(key) == 0 and self._is_mounted(key):
+                self._adopted.add(key)
+            if self._refs.increment(key) > 1:
                 return merged
             try:
                 merged.mkdir(mode=0o700, exist_ok=True)
@@ -389,6 +395,7 @@ class Overlay2Driver(NaiveDiff, Driver):
             merged = layer / "merged"
             if self._refs.decrement(str(merged)) > 0:
                 return
+            self._adopted.discard(str(merged))
             self._drop_mount(merged)
 
     def exists(self, id: str) -> bool:
@@ -443,7 +450,9 @@ class Overlay2Driver(NaiveDiff, Driver):
         """
         for path in self._refs.paths():
             self._refs.forget(path)
-            if path.endswith("/merged"):
+            if path in self._adopted:
+                self._adopted.discard(path)
+            elif path.endswith("/merged"):
                 self._drop_mount(Path(path))
 
     # -- diffs --------------------------------------------------------------
