@@ -248,7 +248,7 @@ class DeviceMapperDriver(NaiveDiff, Driver):
     def create(self, id: str, parent: str | None = None, *, rw: bool = False,
                mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None:
         check_id(id)
-        if parent:
+        if parent is not None:
             check_id(parent)
         opts = parse_options(storage_opt, LAYER_OPTIONS)
         with self._ids.hold(id), self._lock:
@@ -290,8 +290,13 @@ class DeviceMapperDriver(NaiveDiff, Driver):
             if record is None:
                 raise LayerNotFound(f"layer {id!r} does not exist")
             mountpoint = self.mnt / id
-            if self._refs.count(str(mountpoint)) or is_mountpoint(mountpoint):
+            if self._refs.count(str(mountpoint)):
                 raise LayerInUse(f"layer {id!r} is mounted; unmount it before removing it")
+            if is_mountpoint(mountpoint):
+                # mounted, but not by this driver: left by a process that died (its mount
+                # outlives it in a shared namespace); detach it so the device can go
+                log.warning("devicemapper: detaching stale mount %s before removing %s", mountpoint, id)
+                umount(mountpoint, MNT_DETACH)
             self._delete_device(record, sync=False)
             try:
                 os.rmdir(mountpoint)
