@@ -19,18 +19,13 @@ PRIORITY = ("btrfs", "overlay2", "devicemapper", "vfs")
 
 
 def available() -> list[str]:
-    """Names of every registered driver, sorted (usable here or not)."""
-    from stevedore import ExtensionManager
-    manager = ExtensionManager(NAMESPACE, invoke_on_load=False,
-                               on_load_failure_callback=lambda *a: None)
-    names = set(manager.names())
-    names.update(ep.name for ep in _entry_points())
-    return sorted(names)
+    """Names of every registered driver, sorted (usable here or not).
 
-
-def _entry_points():
+    Reads the entry-point names only: importing every driver just to list them
+    would cost time and let one broken driver's import stall the listing.
+    """
     from importlib.metadata import entry_points
-    return entry_points(group=NAMESPACE)
+    return sorted({ep.name for ep in entry_points(group=NAMESPACE)})
 
 
 def driver_class(name: str) -> type[Driver]:
