@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import graphdrivers
-from graphdrivers.mount import mounts_under
+from graphdrivers.mount import mounts_under, unmount_all_under
 
 from . import workload
 
@@ -117,7 +117,9 @@ def _processes(driver_name, driver, home, options, n: int, tmp_path) -> None:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-    assert mounts_under(home) == [], "a mount leaked"
+    leaked = mounts_under(home)
+    unmount_all_under(home)
+    assert leaked == [], "a mount leaked"
     models = {}
     for tag in tags:
         raw = json.loads((sync / f"{tag}.json").read_text())

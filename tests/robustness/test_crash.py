@@ -24,7 +24,7 @@ import pytest
 
 import graphdrivers
 from graphdrivers import faults
-from graphdrivers.mount import mounts_under
+from graphdrivers.mount import mounts_under, unmount_all_under
 
 from .layers import content, dangling_links, leftovers, loop_devices_backed_under, make_tar, write
 
@@ -62,7 +62,10 @@ def test_sigkill_at(name, point, tmp_path, request):
             graphdrivers.registry.driver_class(name).probe(Path(home) / name)
         except graphdrivers.NotSupported as exc:
             skip_unless_requested(name, exc)
-        _crash_case(name, point, Path(home), options, tmp_path)
+        try:
+            _crash_case(name, point, Path(home), options, tmp_path)
+        finally:
+            unmount_all_under(home)    # after the checks: a failed case leaks nothing
 
 
 def _crash_case(name, point, home, options, tmp_path):
