@@ -19,7 +19,7 @@ import pathlib
 import threading
 from typing import BinaryIO, Iterator, Mapping
 
-from graphdrivers import faults
+from graphdrivers import faults, fsinfo
 from graphdrivers.archive import export_changes
 from graphdrivers.atomicfile import read_json, remove_stale_temps, write_atomic, write_json
 from graphdrivers.changes import changes_size
@@ -32,7 +32,7 @@ from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_bool, parse_options, parse_size
 from graphdrivers.refcount import RefCounter
 
-from . import ioctl, quota, subvol
+from . import quota, subvol
 
 LAYER_OPTIONS = {"size": Option(parse_size, None, "maximum referenced bytes (btrfs qgroup limit)")}
 
@@ -70,13 +70,10 @@ class BtrfsDriver(NaiveDiff, Driver):
     # -- probing ---------------------------------------------------------
     @classmethod
     def probe(cls, home: pathlib.Path) -> None:
-        path = pathlib.Path(home)
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        magic = ioctl.fs_magic(path)
-        if magic != ioctl.BTRFS_SUPER_MAGIC:
-            found = ioctl.FS_NAMES.get(magic, f"filesystem magic {magic:#x}")
-            raise NotSupported(f"btrfs needs its home on a btrfs filesystem; {path} is on {found}")
+        if fsinfo.fs_magic(home) != fsinfo.BTRFS_MAGIC:
+            path = fsinfo.existing_ancestor(home)
+            raise NotSupported(f"btrfs needs its home on a btrfs filesystem; {path} is on "
+                               f"{fsinfo.fs_name(path)}")
 
     # -- paths and records ----------------------------------------------
     def _dir(self, layer_id: str) -> pathlib.Path:

@@ -6,7 +6,6 @@ is not installed. Numbers and layouts were checked against the C headers.
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import struct
@@ -36,12 +35,6 @@ QUOTA_TREE_OBJECTID = 8
 FIRST_FREE_OBJECTID = 256
 LAST_FREE_OBJECTID = 2 ** 64 - 256
 U64_MAX = 2 ** 64 - 1
-
-BTRFS_SUPER_MAGIC = 0x9123683E
-# statfs magics of filesystems a home commonly sits on, to name them in errors
-FS_NAMES = {0x9123683E: "btrfs", 0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x01021994: "tmpfs",
-            0x794C7630: "overlayfs", 0x2FC12FC1: "zfs", 0x6969: "nfs", 0x65735546: "fuse",
-            0xF2F52010: "f2fs", 0x858458F6: "ramfs"}
 
 _VOL_ARGS = 4096
 _NAME_MAX_V1 = 4087          # struct btrfs_ioctl_vol_args: s64 fd + char name[4088]
@@ -255,21 +248,5 @@ def qgroup_limit(fd: int, qgroupid: int, max_rfer: int) -> None:
 
 def quota_rescan_wait(fd: int) -> None:
     fcntl.ioctl(fd, QUOTA_RESCAN_WAIT, 0)
-
-
-class _Statfs(ctypes.Structure):
-    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def fs_magic(path: str | os.PathLike) -> int:
-    """statfs(2) f_type of the filesystem holding ``path``."""
-    buf = _Statfs()
-    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), os.fspath(path))
-    return buf.f_type & 0xFFFFFFFF
 
 

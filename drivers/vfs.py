@@ -23,6 +23,7 @@ from typing import Mapping
 
 from . import faults
 from . import mount as mnt
+from .fsinfo import fs_name
 from .archive_copy import copy_tree
 from .atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
 from .driver import Driver
@@ -193,7 +194,7 @@ class VfsDriver(NaiveDiff, Driver):
                 self._refs.decrement(path)
 
     def status(self) -> list[tuple[str, str]]:
-        return [("Backing Filesystem", _backing_fs(self.home)),
+        return [("Backing Filesystem", fs_name(self.home)),
                 ("Layers", str(len(self.layers())))]
 
     def metadata(self, id: str) -> dict[str, str]:
@@ -222,14 +223,3 @@ def _rmtree(path: str | os.PathLike) -> None:
         shutil.rmtree(path)
     except FileNotFoundError:
         pass
-
-
-def _backing_fs(path: pathlib.Path) -> str:
-    target = os.path.realpath(path)
-    best = None
-    for info in mnt.mountinfo():
-        point = info.mountpoint
-        if target == point or target.startswith(point.rstrip("/") + "/"):
-            if best is None or len(point) >= len(best.mountpoint):
-                best = info
-    return best.fstype if best else "unknown"

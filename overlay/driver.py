@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Mapping
 
-from graphdrivers import faults
+from graphdrivers import faults, fsinfo
 from graphdrivers import mount as _mount
 from graphdrivers.archive import apply_tar, export_tree
 from graphdrivers.driver import Change, Driver
@@ -202,7 +202,7 @@ class Overlay2Driver(NaiveDiff, Driver):
     @staticmethod
     def _is_mounted(path: str) -> bool:
         try:
-            return probe.fs_magic(path) == probe.OVERLAY_MAGIC
+            return fsinfo.fs_magic(path) == fsinfo.OVERLAY_MAGIC
         except OSError:
             return False
 

@@ -16,17 +16,10 @@ from typing import Callable
 
 from graphdrivers import mount as _mount
 from graphdrivers.errors import NotSupported
+from graphdrivers.fsinfo import fs_name
 
 from .whiteout import METACOPY_XATTR, OPAQUE_XATTR, REDIRECT_XATTR, has_xattr, is_opaque
 
-FS_NAMES = {
-    0x9123683E: "btrfs", 0xEF53: "extfs", 0x58465342: "xfs", 0x794C7630: "overlayfs",
-    0x01021994: "tmpfs", 0x2FC12FC1: "zfs", 0x6969: "nfs", 0x61756673: "aufs",
-    0xF15F: "ecryptfs", 0x65735546: "fuse", 0x73717368: "squashfs", 0xF2F52010: "f2fs",
-    0x858458F6: "ramfs", 0x5346544E: "ntfs", 0x4D44: "msdos", 0xFF534D42: "cifs",
-    0xFE534D42: "smb2", 0x28CD3D45: "cramfs", 0x3153464A: "jfs", 0x52654973: "reiserfs",
-}
-OVERLAY_MAGIC = 0x794C7630
 
 # Filesystems overlayfs cannot use as an upper layer, and what to do about it.
 INCOMPATIBLE = {
@@ -43,7 +36,6 @@ INCOMPATIBLE = {
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 _libc.opendir.restype = ctypes.c_void_p
 _libc.opendir.argtypes = [ctypes.c_char_p]
 _libc.readdir.restype = ctypes.c_void_p
@@ -52,25 +44,6 @@ _libc.closedir.argtypes = [ctypes.c_void_p]
 
 DT_UNKNOWN = 0
 _DIRENT_TYPE_OFFSET = 18      # glibc 64-bit struct dirent: d_ino, d_off, d_reclen, d_type
-
-
-def existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def fs_magic(path: str | os.PathLike) -> int:
-    buf = ctypes.create_string_buffer(256)
-    if _libc.statfs(os.fsencode(path), buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"statfs {path}: {os.strerror(err)}")
-    return ctypes.c_long.from_buffer(buf, 0).value & 0xFFFFFFFF
-
-
-def fs_name(path: str | os.PathLike) -> str:
-    magic = fs_magic(path)
-    return FS_NAMES.get(magic, f"<unknown 0x{magic:x}>")
 
 
 def supports_dtype(directory: str | os.PathLike) -> bool:
@@ -99,7 +72,7 @@ def supports_dtype(directory: str | os.PathLike) -> bool:
 
 def check_backing(home: Path) -> str:
     """Name of the backing filesystem, or NotSupported when overlay cannot live on it."""
-    name = fs_name(existing_ancestor(home))
+    name = fs_name(home)
     if name in INCOMPATIBLE:
         raise NotSupported(f"overlay2 cannot use {home}: {INCOMPATIBLE[name]}")
     return name

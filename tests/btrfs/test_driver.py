@@ -7,18 +7,19 @@ import subprocess
 import pytest
 
 import graphdrivers
-from graphdrivers.btrfs import ioctl, subvol
+from graphdrivers import fsinfo
+from graphdrivers.btrfs import subvol
 from graphdrivers.errors import LayerNotFound, NotSupported
 
 
 def test_refuses_a_home_that_is_not_on_btrfs(tmp_path):
-    magic = ioctl.fs_magic(tmp_path)
-    if magic == ioctl.BTRFS_SUPER_MAGIC:
+    magic = fsinfo.fs_magic(tmp_path)
+    if magic == fsinfo.BTRFS_MAGIC:
         pytest.skip("the temporary directory itself is on btrfs")
     with pytest.raises(NotSupported) as info:
         graphdrivers.load("btrfs", tmp_path / "home")
     assert "btrfs" in str(info.value)
-    assert ioctl.FS_NAMES.get(magic, f"{magic:#x}") in str(info.value)
+    assert fsinfo.fs_name(tmp_path) in str(info.value)
     assert not (tmp_path / "home" / "btrfs").exists(), "a refused load left its state dir"
 
 
