@@ -27,6 +27,7 @@ from typing import BinaryIO, Mapping
 from graphdrivers import faults, fsinfo
 from graphdrivers import mount as _mount
 from graphdrivers.archive import apply_tar, export_tree
+from graphdrivers.atomicfile import fsync_dir
 from graphdrivers.driver import Change, Driver
 from graphdrivers.errors import (DriverError, InvalidOption, LayerExists,
                                  LayerInUse, LayerNotFound, NoSpace, NotSupported)
@@ -57,6 +58,7 @@ def _write(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, text.encode())
+        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -285,7 +287,9 @@ class Overlay2Driver(NaiveDiff, Driver):
                 _write(f"{self._path(parent)}/committed", "")
             os.symlink(f"../{dir_name(layer_id)}/diff", link)
             faults.point("overlay2.create.after_link")
+            fsync_dir(tmp)                          # the records are on disk before the rename
             os.rename(tmp, self._path(layer_id))
+            fsync_dir(home)
             faults.point("overlay2.create.after_rename")
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
