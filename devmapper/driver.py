@@ -26,7 +26,7 @@ from graphdrivers.errors import (DriverError, InvalidOption, LayerExists, LayerI
                                  LayerNotFound, NoSpace, NotSupported)
 from graphdrivers.layerid import check_id
 from graphdrivers.locks import IdLocks
-from graphdrivers.mount import MNT_DETACH, is_mountpoint, mountinfo, umount
+from graphdrivers.mount import MNT_DETACH, is_mountpoint, umount
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import format_size, parse_options
 from graphdrivers.refcount import RefCounter
@@ -446,7 +446,7 @@ class DeviceMapperDriver(NaiveDiff, Driver):
         rows = [("Pool Name", self.pool.name),
                 ("Pool Blocksize", format_size(st.block_bytes)),
                 ("Base Device Size", format_size(base.size if base else self.cfg.basesize)),
-                ("Backing Filesystem", _backing_fs(self.home)),
+                ("Backing Filesystem", self.fs),   # what the thin devices hold, as docker info says
                 ("Udev Sync Supported", str(dm.udev_sync_supported()).lower()
                  if hasattr(dm, "udev_sync_supported") else "false")]
         if self.pool.kind == "loop":
@@ -610,13 +610,3 @@ def _mode_text(mode: str) -> str:
     if mode == "out_of_data_space":
         return "out_of_data_space (the pool is full: writes fail; grow it with graphdrivers pool resize)"
     return mode
-
-
-def _backing_fs(path: pathlib.Path) -> str:
-    target = os.path.realpath(path)
-    best = ("", "unknown")
-    for info in mountinfo():
-        mp = info.mountpoint
-        if (target == mp or target.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best[0]):
-            best = (mp, info.fstype)
-    return best[1]
