@@ -304,39 +304,7 @@ def tar_names(stream) -> list[str]:
 
 @contextlib.contextmanager
 def xfs_with_project_quota(tmp_path: Path, size: int = 300 << 20) -> Iterator[Path]:
-    """A fresh XFS on a loop device mounted with prjquota; skips only when the
-    machine really cannot do it (no mkfs.xfs, no loop device, kernel refuses)."""
-    import shutil
-    import subprocess
-
-    import pytest
-
-    from graphdrivers import loopback
-    from graphdrivers import mount as _mount
-
-    mkfs = shutil.which("mkfs.xfs")
-    if mkfs is None:
-        pytest.skip("mkfs.xfs is not installed (apt-get install xfsprogs)")
-    image, target = tmp_path / "xfs.img", tmp_path / "xfs"
-    target.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(size)
-    try:
-        subprocess.run([mkfs, "-q", "-f", str(image)], check=True, capture_output=True)
-        try:
-            device = loopback.attach(image)
-        except OSError as exc:
-            pytest.skip(f"no loop device for an XFS filesystem: {exc}")
-        try:
-            try:
-                _mount.mount(device.path, target, "xfs", 0, "prjquota")
-            except OSError as exc:
-                pytest.skip(f"the kernel refused XFS with prjquota ({exc.strerror})")
-            try:
-                yield target
-            finally:
-                _mount.unmount_all_under(target)
-        finally:
-            device.close()
-    finally:
-        image.unlink(missing_ok=True)
+    """A fresh XFS on a loop device mounted with prjquota."""
+    from loopfs import loop_filesystem
+    with loop_filesystem(tmp_path, "xfs", size, "prjquota") as target:
+        yield target

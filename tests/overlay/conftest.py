@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-
-from graphdrivers import loopback, mount as _mount
 from graphdrivers.overlay import mountapi
 from graphdrivers.overlay.driver import Overlay2Driver
+from loopfs import loop_filesystem
 
 
 def new_api_works(tmp_path: Path) -> bool:
@@ -91,36 +88,5 @@ def tar_names(stream) -> list[str]:
 @contextlib.contextmanager
 def xfs_filesystem(tmp_path: Path, options: str = "prjquota", size: int = 320 << 20):
     """A fresh XFS on a loop device, mounted with ``options``; yields the mount point."""
-    mkfs = shutil.which("mkfs.xfs")
-    if mkfs is None:
-        pytest.skip("mkfs.xfs is not installed (apt-get install xfsprogs)")
-    image = tmp_path / "xfs.img"
-    target = tmp_path / "xfs"
-    target.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(size)
-    try:
-        subprocess.run([mkfs, "-q", "-f", str(image)], check=True, capture_output=True)
-        try:
-            device = loopback.attach(image)
-        except OSError as exc:
-            pytest.skip(f"no loop device for the XFS test filesystem: {exc}")
-        try:
-            try:
-                _mount.mount(device.path, target, "xfs", 0, options)
-            except OSError as exc:
-                pytest.skip(f"the kernel refused to mount XFS with {options!r} ({exc.strerror}); "
-                            "project quotas need CONFIG_XFS_QUOTA (Debian's kernel has it, "
-                            "run scripts/vm-test tests/overlay)")
-            try:
-                yield target
-            finally:
-                _mount.unmount_all_under(target / "home")
-                try:
-                    _mount.umount(target, retries=20)
-                except OSError:
-                    _mount.umount(target, _mount.MNT_DETACH)
-        finally:
-            device.close()
-    finally:
-        image.unlink(missing_ok=True)
+    with loop_filesystem(tmp_path, "xfs", size, options) as target:
+        yield target

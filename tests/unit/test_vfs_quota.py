@@ -3,38 +3,17 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import subprocess
-
-import pytest
 
 import graphdrivers
-from graphdrivers import loopback, mount as mnt
+import pytest
 from graphdrivers.errors import InvalidOption
+from loopfs import loop_filesystem
 
 
 @pytest.fixture
 def xfs_home(tmp_path):
-    if os.geteuid() != 0 or not shutil.which("mkfs.xfs"):
-        pytest.skip("needs root and mkfs.xfs")
-    image = tmp_path / "xfs.img"
-    with open(image, "wb") as f:
-        f.truncate(320 << 20)
-    subprocess.run(["mkfs.xfs", "-q", str(image)], check=True)
-    device = loopback.attach(image)
-    target = tmp_path / "mnt"
-    target.mkdir()
-    try:
-        try:
-            mnt.mount(device.path, target, "xfs", 0, "prjquota")
-        except OSError as exc:
-            pytest.skip(f"cannot mount xfs with prjquota (kernel without XFS quota?): {exc}")
-        try:
-            yield target
-        finally:
-            mnt.umount(target, retries=5)
-    finally:
-        device.close()
+    with loop_filesystem(tmp_path, "xfs", 320 << 20, "prjquota") as target:
+        yield target
 
 
 @pytest.mark.slow

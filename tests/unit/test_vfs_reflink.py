@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import struct
-import subprocess
-
-import pytest
 
 import graphdrivers
-from graphdrivers import loopback, mount as mnt
+import pytest
 from graphdrivers.archive_copy import copy_tree
 from graphdrivers.changes import compare_trees
+from loopfs import loop_filesystem
 from test_archive_trees import assert_same, build_tree, snapshot
 
 FS_IOC_FIEMAP = 0xC020660B
@@ -32,26 +29,8 @@ def _extent_flags(path) -> list[int]:
 
 @pytest.fixture
 def btrfs_dir(tmp_path):
-    if os.geteuid() != 0 or not shutil.which("mkfs.btrfs"):
-        pytest.skip("needs root and mkfs.btrfs")
-    image = tmp_path / "btrfs.img"
-    with open(image, "wb") as f:
-        f.truncate(256 << 20)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
-    device = loopback.attach(image)
-    target = tmp_path / "mnt"
-    target.mkdir()
-    try:
-        try:
-            mnt.mount(device.path, target, "btrfs")
-        except OSError as exc:
-            pytest.skip(f"cannot mount btrfs here: {exc}")
-        try:
-            yield target
-        finally:
-            mnt.umount(target, retries=5)
-    finally:
-        device.close()
+    with loop_filesystem(tmp_path, "btrfs", 256 << 20) as target:
+        yield target
 
 
 def test_child_shares_extents_with_its_parent(btrfs_dir):
