@@ -123,10 +123,10 @@ class BtrfsDriver(NaiveDiff, Driver):
             source = None
             if parent is not None:
                 source = self._require(parent)
-            write_json(self._meta(id), {"parent": parent, "rw": bool(rw)})
-            faults.point("btrfs.create.after_meta")
             try:
                 try:
+                    write_json(self._meta(id), {"parent": parent, "rw": bool(rw)})
+                    faults.point("btrfs.create.after_meta")
                     if source is None:
                         subvol.create(path)
                     else:
@@ -134,7 +134,7 @@ class BtrfsDriver(NaiveDiff, Driver):
                 except OSError as exc:
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise NoSpace(f"no space to create layer {id!r}: {exc.strerror}") from None
-                    raise DriverError(f"cannot create btrfs subvolume for {id!r}: {exc}") from None
+                    raise DriverError(f"cannot create btrfs layer {id!r}: {exc}") from None
                 faults.point("btrfs.create.after_subvolume")
                 if source is None:
                     os.chmod(path, 0o755)
