@@ -60,16 +60,18 @@ class Transaction:
 class DeviceIdAllocator:
     """Free 24-bit device ids; the next search starts after the last id handed out."""
 
-    def __init__(self, used: set[int] | None = None, next_id: int = 0):
+    def __init__(self, used: set[int] | None = None, next_id: int = 0,
+                 max_id: int = MAX_DEVICE_ID):
+        self._max = max_id          # a power of two minus one (a bit mask)
         self._used = set(used or ())
-        self._next = next_id & MAX_DEVICE_ID
+        self._next = next_id & max_id
 
     def allocate(self) -> int:
-        if len(self._used) > MAX_DEVICE_ID:
-            raise NoSpace(f"all {MAX_DEVICE_ID + 1} thin device ids are in use")
+        if len(self._used) > self._max:
+            raise NoSpace(f"all {self._max + 1} thin device ids are in use")
         candidate = self._next
         while True:
-            candidate = (candidate + 1) & MAX_DEVICE_ID
+            candidate = (candidate + 1) & self._max
             if candidate not in self._used:
                 self._used.add(candidate)
                 self._next = candidate

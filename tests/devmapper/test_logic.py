@@ -90,9 +90,12 @@ def test_allocator_skips_used_and_wraps():
 
 
 def test_allocator_exhausted():
-    alloc = DeviceIdAllocator(set(range(MAX_DEVICE_ID + 1)))
-    with pytest.raises(NoSpace):
+    # the real space (2**24 ids) would take gigabytes of memory here; same logic, 8 ids
+    alloc = DeviceIdAllocator(set(range(6)), max_id=7)
+    assert {alloc.allocate(), alloc.allocate()} == {6, 7}
+    with pytest.raises(NoSpace, match="all 8 thin device ids"):
         alloc.allocate()
+    assert DeviceIdAllocator().allocate() == 1 and MAX_DEVICE_ID == 2**24 - 1
 
 
 def test_store_roundtrip_and_allocator_rebuild(tmp_path):
