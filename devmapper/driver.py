@@ -524,13 +524,28 @@ class DeviceMapperDriver(NaiveDiff, Driver):
             return result
 
     def resize_pool(self, data_size: int | None = None, metadata_size: int | None = None,
-                    force: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Grow the pool online; layers stay mounted. Shrinking is refused, nothing touched."""
+                    force: bool = False, progress: Callable[[str], None] | None = None,
+                    extend: str | None = None, extend_metadata: str | None = None) -> dict[str, Any]:
+        """Grow the pool online; layers stay mounted. Shrinking is refused, nothing touched.
+
+        Loop pools: ``data_size`` / ``metadata_size`` are the new file sizes (bytes).
+        Block-device and external pools: no sizes; the table is reloaded at the devices'
+        current sizes (after the operator grew them). Direct-lvm pools: ``extend`` /
+        ``extend_metadata`` run lvextend on the thin pool LV first (``"10G"``, ``"+10G"``,
+        or for data ``"50%FREE"``); without them the table is reloaded as for block devices.
+        Returns :meth:`pool_status` after the resize.
+        """
         say = progress or (lambda message: None)
         with self._pool_lock, self._lock:
             self._check_open()
-            say("growing the backing files" if data_size or metadata_size else "reloading the table")
-            self.pool.resize(data_size=data_size, metadata_size=metadata_size, force=force)
+            if extend or extend_metadata:
+                say("running lvextend on the thin pool")
+            elif data_size or metadata_size:
+                say("growing the backing files")
+            else:
+                say("reloading the table")
+            self.pool.resize(data_size=data_size, metadata_size=metadata_size, force=force,
+                             extend=extend, extend_metadata=extend_metadata)
             say("done")
         return self.pool_status()
 

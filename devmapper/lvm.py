@@ -103,3 +103,55 @@ def _write_profile(cfg: Config) -> None:
         _lvm("lvchange", "--metadataprofile", POOL, f"{VG}/{LV}")
     except (OSError, DriverError) as exc:
         log.warning("devicemapper direct-lvm: autoextend profile not applied: %s", exc)
+
+
+def parse_extend(value: str | int | None, what: str, *, allow_free: bool) -> str | None:
+    """An ``--extend`` amount as lvextend's argument: always a growth, never a shrink.
+
+    ``SIZE`` / ``+SIZE`` (Docker units) add that many bytes; ``N%FREE`` (data only)
+    adds N percent of the volume group's free space. Checked before anything runs.
+    """
+    from graphdrivers.options import parse_size
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if text.startswith("-"):
+        raise InvalidOption(f"cannot shrink the pool's {what} ({text}): shrinking a thin pool "
+                            "destroys data; nothing was changed")
+    text = text.lstrip("+")
+    if text.upper().endswith("%FREE"):
+        if not allow_free:
+            raise InvalidOption(f"the pool's {what} grows by a size, not {text}")
+        number = text[:-5]
+        if not number.isdigit() or not 0 < int(number) <= 100:
+            raise InvalidOption(f"bad {what} extension {value!r}: want N%FREE with 0 < N <= 100")
+        return f"+{int(number)}%FREE"
+    try:
+        size = parse_size(text)
+    except (ValueError, InvalidOption) as exc:
+        raise InvalidOption(f"bad {what} extension {value!r}: {exc}") from None
+    if size <= 0:
+        raise InvalidOption(f"bad {what} extension {value!r}: must grow by more than 0 bytes")
+    return f"+{size}b"
+
+
+def extend(data: str | None, metadata: str | None) -> None:
+    """Grow the thin pool LV with lvextend; LVM suspends, reloads and resumes the pool itself.
+
+    ``data`` / ``metadata``: lvextend amounts from :func:`parse_extend`. lvextend is
+    all-or-nothing: when the volume group lacks the room it changes nothing.
+    """
+    from graphdrivers.errors import NoSpace
+    steps = []
+    if metadata:
+        steps.append(("--poolmetadatasize", metadata))
+    if data:
+        steps.append(("-l" if data.endswith("%FREE") else "-L", data))
+    for flag, amount in steps:
+        try:
+            _lvm("lvextend", flag, amount, f"{VG}/{LV}")
+        except DriverError as exc:
+            if "insufficient free space" in str(exc).lower():
+                raise NoSpace(f"{exc}; add a disk to the volume group {VG} (vgextend) or "
+                              "grow its disk (pvresize) first") from None
+            raise

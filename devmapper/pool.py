@@ -2,7 +2,7 @@
 bringing it up, the thin-device messages, status and online growth.
 
 All kernel work goes through graphdrivers.devmapper.dm (raw ioctls); the only
-subprocesses are the LVM tools during a direct-lvm setup.
+subprocesses are the LVM tools (direct-lvm setup and `pool resize --extend`).
 """
 from __future__ import annotations
 
@@ -146,6 +146,10 @@ class Pool:
             data_loop.close()
         return pool
 
+    def _refresh_devices(self) -> None:
+        meta, data = dm.table(self.name)[0][3].split()[:2]
+        self.metadata_device, self.data_device = meta, data
+
     def _find_loop_devices(self) -> None:
         meta, data = dm.table(self.name)[0][3].split()[:2]
         self.metadata_device, self.data_device = _node_for(meta), _node_for(data)
@@ -220,8 +224,31 @@ class Pool:
 
     # -- growth -----------------------------------------------------------
     def resize(self, data_size: int | None = None, metadata_size: int | None = None,
-               *, force: bool = False) -> None:
-        """Grow the pool online: grow the files (loop pools), refresh the loops, reload the table."""
+               *, force: bool = False, extend: str | None = None,
+               extend_metadata: str | None = None) -> None:
+        """Grow the pool online: grow the files (loop pools), refresh the loops, reload the table.
+
+        ``extend`` / ``extend_metadata`` (direct-lvm pools only): lvextend the thin pool LV
+        by that much first (``SIZE``, ``+SIZE`` or, for data, ``N%FREE``).
+        """
+        if (extend or extend_metadata) and self.kind != "lvm":
+            raise InvalidOption(f"--extend runs lvextend and works on direct-lvm pools only; this "
+                                f"pool is on {self.kind} devices: grow them yourself, then resize "
+                                "without sizes")
+        if self.kind == "lvm" and (data_size or metadata_size):
+            raise InvalidOption("a direct-lvm pool grows with extend (lvextend), not with "
+                                "dm.loopdatasize / dm.loopmetadatasize; nothing was changed")
+        if self.kind == "lvm":
+            from . import lvm
+            # validate both amounts before running anything: a refusal touches nothing
+            data = lvm.parse_extend(extend, "data", allow_free=True)
+            meta = lvm.parse_extend(extend_metadata, "metadata", allow_free=False)
+            if data or meta:
+                lvm.extend(data, meta)
+                # LVM reloaded the pool (suspend, load, resume); it may have stacked a -tpool layer
+                self.name = lvm.pool_name()
+                self._refresh_devices()
+                return
         if self.kind == "loop":
             assert self.data_file and self.metadata_file
             self._check_growth(self.data_file, data_size, "data", force)
@@ -237,7 +264,8 @@ class Pool:
             faults.point("devmapper.resize.after_grow_files")
         elif data_size or metadata_size:
             raise InvalidOption(f"a pool on {self.kind} devices is grown by growing its devices "
-                                "(lvextend, a bigger disk) and then resizing without sizes")
+                                "(lvextend, a bigger disk) and then resizing without sizes; "
+                                "nothing was changed")
         self.reload()
 
     def _check_growth(self, path: Path, size: int | None, what: str, force: bool) -> None:

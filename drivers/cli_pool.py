@@ -31,9 +31,16 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
         help="grow the pool online (data and/or metadata); shrinking is refused",
         description="Grow the thin pool while layers stay mounted. Loop pools: give the new "
                     "sizes. Block-device pools: grow the device first, then run without sizes "
-                    "to reload the table at the device's new size.")
+                    "to reload the table at the device's new size. Direct-lvm pools: --extend "
+                    "runs lvextend on the thin pool LV (or lvextend it yourself and run "
+                    "without options).")
     p.add_argument("--storage-opt", dest="resize_opt", metavar="K=V", action="append",
                    default=[], help="dm.loopdatasize=SIZE and/or dm.loopmetadatasize=SIZE")
+    p.add_argument("--extend", metavar="SIZE", nargs="?", const="100%FREE", default=None,
+                   help="direct-lvm pools: lvextend the pool's data by SIZE (+10G, 10G) or "
+                        "N%%FREE of the volume group; alone: 100%%FREE")
+    p.add_argument("--extend-metadata", metavar="SIZE", default=None,
+                   help="direct-lvm pools: lvextend --poolmetadatasize +SIZE")
     p.add_argument("--force", action="store_true",
                    help="grow sparse files even when the host filesystem lacks the room")
     p.set_defaults(func=cmd_resize)
@@ -81,6 +88,10 @@ def cmd_resize(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"data_size": sizes["dm.loopdatasize"],
                               "metadata_size": sizes["dm.loopmetadatasize"],
                               "force": args.force}
+    if args.extend or args.extend_metadata:
+        if "extend" not in inspect.signature(driver.resize_pool).parameters:
+            raise CliError("this devicemapper driver cannot --extend")
+        kwargs.update(extend=args.extend, extend_metadata=args.extend_metadata)
     show = sys.stderr.isatty()
     if "progress" in inspect.signature(driver.resize_pool).parameters and show:
         kwargs["progress"] = lambda message: _say(f"pool resize: {message}")

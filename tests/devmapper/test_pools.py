@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -242,7 +243,6 @@ def test_direct_lvm(tmp_path):
     home = tmp_path / "home"
     options = {"dm.directlvm_device": disk, "dm.thinp_percent": "90", "dm.thinp_metapercent": "2",
                "dm.basesize": "512MB"}
-    env = dict(os.environ, DM_DISABLE_UDEV="1")
     try:
         st = _roundtrip(home, options)
         assert st["pool_kind"] == "lvm" and st["pool_name"].startswith(lvm.POOL)
@@ -251,6 +251,140 @@ def test_direct_lvm(tmp_path):
             graphdrivers.load("devicemapper", home, dict(options, **{"dm.thinp_percent": "80",
                                                                      "dm.thinp_metapercent": "2"}))
     finally:
-        teardown(tmp_path, set())
-        subprocess.run(["vgremove", "-ff", "-y", lvm.VG], env=env, capture_output=True)
-        subprocess.run(["pvremove", "-ff", "-y", disk], env=env, capture_output=True)
+        _lvm_cleanup(tmp_path, disk)
+
+
+def _lvm_cleanup(tmp_path, disk):
+    from graphdrivers.devmapper import lvm
+    env = dict(os.environ, DM_DISABLE_UDEV="1")
+    teardown(tmp_path, set())
+    subprocess.run(["vgremove", "-ff", "-y", lvm.VG], env=env, capture_output=True, check=False)
+    subprocess.run(["pvremove", "-ff", "-y", disk], env=env, capture_output=True, check=False)
+    # without udev, LVM leaves /dev/<vg> behind when its devices went by raw ioctl;
+    # the next vgcreate would refuse the name
+    vg_dir = Path("/dev") / lvm.VG
+    if vg_dir.is_dir() and not vg_dir.is_symlink():
+        for entry in vg_dir.iterdir():
+            if entry.is_symlink() and not entry.exists():
+                entry.unlink()
+        try:
+            vg_dir.rmdir()
+        except OSError:
+            pass
+
+
+@pytest.mark.slow
+def test_direct_lvm_extend(tmp_path):
+    """--extend: lvextend the thin pool LV (library, then CLI) while a layer is mounted."""
+    require_dm()
+    disk = _disks(3)[2]
+    _lvm_cleanup(tmp_path, disk)     # whatever an earlier direct-lvm test left
+    _wipe(disk)
+    home = tmp_path / "home"
+    options = {"dm.directlvm_device": disk, "dm.thinp_percent": "40", "dm.thinp_metapercent": "1",
+               "dm.basesize": "512MB"}
+    try:
+        drv = graphdrivers.load("devicemapper", home, options)
+        try:
+            drv.create("base")
+            (drv.mount("base") / "f").write_text("before extend")
+            drv.unmount("base")
+            drv.create("top", "base")
+            root = drv.mount("top")
+            before = drv.pool_status()
+            assert before["pool_kind"] == "lvm"
+            # refusals: nothing touched
+            for bad in ({"extend": "-1G"}, {"extend": "0"}, {"extend": "150%FREE"},
+                        {"extend_metadata": "10%FREE"}, {"data_size": 8 << 30},
+                        {"extend": "1G", "extend_metadata": "-4M"}):
+                with pytest.raises(InvalidOption):
+                    drv.resize_pool(**bad)
+            with pytest.raises(NoSpace, match="free space"):
+                drv.resize_pool(extend="64G")
+            same = drv.pool_status()
+            assert (same["data_total"], same["metadata_total"]) == \
+                (before["data_total"], before["metadata_total"])
+            # through the library: data and metadata
+            st = drv.resize_pool(extend="+512M", extend_metadata="8M")
+            assert st["data_total"] == before["data_total"] + (512 << 20)
+            assert st["metadata_total"] >= before["metadata_total"] + (8 << 20)
+            assert st["mode"] == "rw"
+            (root / "g").write_text("written after extend")
+            # through the CLI, in another process, while this one keeps the layer mounted
+            cli = subprocess.run(
+                [sys.executable, "-m", "graphdrivers.cli", "--home", str(home), "--driver",
+                 "devicemapper", *[a for k, v in options.items() for a in ("--storage-opt", f"{k}={v}")],
+                 "pool", "resize", "--extend", "50%FREE", "--json"],
+                capture_output=True, text=True, timeout=300, check=False)
+            assert cli.returncode == 0, cli.stderr
+            grown = drv.pool_status()
+            assert grown["data_total"] > st["data_total"] + (512 << 20)
+            assert str(grown["data_total"]) in cli.stdout
+            assert (root / "f").read_text() == "before extend"
+            assert (root / "g").read_text() == "written after extend"
+            drv.unmount("top")
+        finally:
+            drv.cleanup()
+        drv = graphdrivers.load("devicemapper", home, options)
+        try:
+            assert drv.pool_status()["data_total"] == grown["data_total"]
+            root = drv.mount("top")
+            assert (root / "g").read_text() == "written after extend"
+            drv.unmount("top")
+            assert (drv.mount("base") / "f").read_text() == "before extend"
+            drv.unmount("base")
+        finally:
+            drv.cleanup()
+    finally:
+        _lvm_cleanup(tmp_path, disk)
+
+
+@pytest.mark.slow
+def test_block_pool_grown_device(tmp_path):
+    """The operator grows the data device (a linear dm device reloaded bigger); resize_pool()
+    without sizes reloads the pool at the new size, layers mounted and intact."""
+    require_dm()
+    from graphdrivers.devmapper import dm
+    from graphdrivers.devmapper.pool import block_path
+    disk, meta = _disks(2)[:2]
+    for dev in (disk, meta):
+        _wipe(dev)
+    linear = f"graphdrivers-test-{os.getpid()}-grow"
+    gib = (1 << 30) // 512
+    dm.create(linear, [(0, gib, "linear", f"{disk} 0")])
+    try:
+        data = block_path(linear)
+        with backend(tmp_path, {"dm.datadev": data, "dm.metadatadev": meta,
+                                "dm.basesize": "512MB"}) as (home, options):
+            drv = graphdrivers.load("devicemapper", home, options)
+            try:
+                drv.create("a")
+                root = drv.mount("a")
+                (root / "f").write_text("mounted while the device grows")
+                assert drv.pool_status()["data_total"] == 1 << 30
+                with pytest.raises(InvalidOption, match="nothing was changed"):
+                    drv.resize_pool(data_size=2 << 30)
+                with pytest.raises(InvalidOption, match="direct-lvm"):
+                    drv.resize_pool(extend="1G")
+                assert drv.resize_pool()["data_total"] == 1 << 30   # nothing grew: same size
+                # the operator grows the device: same start, twice the length
+                dm.load_table(linear, [(0, 2 * gib, "linear", f"{disk} 0")])
+                dm.suspend(linear)
+                dm.resume(linear)
+                st = drv.resize_pool()
+                assert st["data_total"] == 2 << 30 and st["mode"] == "rw"
+                (root / "g").write_text("after the grow")
+                assert (root / "f").read_text() == "mounted while the device grows"
+                drv.unmount("a")
+            finally:
+                drv.cleanup()
+            drv = graphdrivers.load("devicemapper", home, options)
+            try:
+                assert drv.pool_status()["data_total"] == 2 << 30
+                assert (drv.mount("a") / "g").read_text() == "after the grow"
+                drv.unmount("a")
+            finally:
+                drv.cleanup()
+    finally:
+        if dm.info(linear):
+            dm.remove(linear)
