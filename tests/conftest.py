@@ -77,6 +77,12 @@ def home_and_options(driver_name, tmp_path):
         except graphdrivers.NotSupported as exc:
             skip_unless_requested(driver_name, exc)
         yield prepared
+
+
+@pytest.fixture(autouse=True)
+def _reclaim_tmp_path(tmp_path):
+    """Every test's files go when it ends (see _reclaim); runs after its fixtures' teardown."""
+    yield
     _reclaim(tmp_path)
 
 
