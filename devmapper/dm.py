@@ -189,7 +189,8 @@ def _cstr(view: memoryview | bytes, offset: int = 0) -> str:
 
 def available() -> str | None:
     """None when device-mapper thin provisioning can be used here, else why not."""
-    hint = "no device-mapper in this kernel ({}; run the tests with scripts/vm-test)"
+    hint = ("no device-mapper in this kernel ({}; load it with 'modprobe dm_thin_pool', "
+            "or use a kernel built with CONFIG_DM_THIN_PROVISIONING)")
     if not os.path.exists(CONTROL):
         return hint.format(f"{CONTROL} is missing")
     try:

@@ -1,4 +1,6 @@
 """graphdrivers: storage (graph) drivers for container engines."""
+__version__ = "0.1.0"   # the one place: setup.cfg reads it (attr:), the CLI prints it
+
 from .driver import Change, ChangeKind, Driver
 from .errors import (DriverError, InvalidLayerId, InvalidOption, LayerExists, LayerInUse,
                      LayerNotFound, NoSpace, NotSupported)

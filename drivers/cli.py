@@ -8,8 +8,9 @@ heavy import (stevedore, a driver, the plugin server) happens inside the
 command that needs it.
 
 Errors a user can cause (DriverError, OSError) print one line,
-``graphdrivers: error: ...``, and exit 1; never a traceback (set
-GRAPHDRIVERS_DEBUG=1 to see one). Ctrl-C exits 130.
+``graphdrivers: error: ...``, and exit 1, or 2 for a usage error (a malformed
+command line, option or layer id); never a traceback (set
+GRAPHDRIVERS_DEBUG=1 to see one). Ctrl-C exits 130, a closed stdout 141.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import argparse
 import errno
 import json
 import os
+import pathlib
 import sys
 from typing import Any, Sequence
 
@@ -25,7 +27,11 @@ DEFAULT_HOME = "/var/lib/graphdrivers"
 
 
 class CliError(Exception):
-    """A usage problem found by the CLI itself (not by a driver)."""
+    """A usage problem found by the CLI itself (not by a driver): exit status 2."""
+
+
+class NoState(Exception):
+    """A command that reads state was pointed at a home without any: exit status 1."""
 
 
 # -- helpers the command modules share ---------------------------------------
@@ -39,10 +45,32 @@ def driver_options(args: argparse.Namespace) -> dict[str, str]:
     return parse_key_values(args.storage_opt or [])
 
 
-def open_driver(args: argparse.Namespace):
-    """Load the driver the global options name (or auto-select one) on ``--home``."""
+def open_driver(args: argparse.Namespace, *, create: bool = False):
+    """Load the driver the global options name (or auto-select one) on ``--home``.
+
+    Only commands that make layers pass ``create``: every other command works on
+    state that exists, so a mistyped --home gets an error, not a new empty store.
+    """
     import graphdrivers
+    if not create:
+        require_state(args)
     return graphdrivers.load(args.driver, args.home, driver_options(args))
+
+
+def require_state(args: argparse.Namespace) -> None:
+    """NoState unless --home holds state of --driver (or of some driver, without one)."""
+    from graphdrivers.registry import available, prior_drivers
+    home = pathlib.Path(args.home)
+    if (home.exists() and not home.is_dir()) or (args.driver and args.driver not in available()):
+        return   # load() says what is wrong
+    prior = prior_drivers(home) if home.is_dir() else []
+    if args.driver in prior or (args.driver is None and prior):
+        return
+    where = f"it holds {', '.join(prior)} state" if prior else (
+        "it holds no driver state" if home.is_dir() else "it does not exist")
+    driver = f"the {args.driver} driver" if args.driver else "any driver"
+    raise NoState(f"no layers of {driver} under {home} ({where}); check --home or "
+                  "$GRAPHDRIVERS_HOME ('layer create' starts a new store)")
 
 
 def emit_json(value: Any) -> None:
@@ -64,8 +92,6 @@ def print_table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = No
 # -- commands kept here: drivers, status, serve, bench -----------------------
 
 def cmd_drivers(args: argparse.Namespace) -> int:
-    import pathlib
-
     import graphdrivers
     from graphdrivers.registry import PRIORITY, prior_drivers
     home = pathlib.Path(args.home)
@@ -147,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Sizes take Docker's units (100GB, 2G, 512MiB; powers of 1024). "
                "Run '%(prog)s COMMAND --help' for a command's options.")
     add_global_options(parser, top_level=True)
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_parent()
@@ -219,12 +247,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every error becomes one line
         if os.environ.get("GRAPHDRIVERS_DEBUG"):
             raise
-        return fail(describe_error(exc))
+        return fail(describe_error(exc), code=2 if is_usage_error(exc) else 1)
+
+
+def is_usage_error(exc: BaseException) -> bool:
+    """A malformed option or layer id on the command line: refused before anything ran."""
+    from graphdrivers.errors import InvalidLayerId, InvalidOption
+    return isinstance(exc, (InvalidOption, InvalidLayerId))
 
 
 def describe_error(exc: BaseException) -> str:
     from graphdrivers.errors import DriverError
-    if isinstance(exc, DriverError):
+    if isinstance(exc, (DriverError, NoState)):
         return str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
         text = exc.strerror or str(exc)

@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 
-from .cli import CliError, emit_json, open_driver, print_table
+from .cli import CliError, NoState, emit_json, open_driver, print_table
 
 _CHUNK = 1 << 20   # copy tars in 1 MiB pieces: constant memory, few syscalls
 
@@ -87,7 +87,7 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
 def cmd_create(args: argparse.Namespace) -> int:
     from .options import parse_key_values
     layer_opt = parse_key_values(args.layer_opt) or None
-    driver = open_driver(args)
+    driver = open_driver(args, create=True)
     driver.create(args.id, args.parent, rw=args.rw, storage_opt=layer_opt)
     print(args.id)
     return 0
@@ -119,9 +119,14 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    driver = open_driver(args)
-    rows = [{"id": layer_id, "parent": driver.parent(layer_id)}
-            for layer_id in sorted(driver.layers())]
+    try:
+        driver = open_driver(args)
+    except NoState as exc:   # no store is an empty list; the note catches a mistyped home
+        rows = []
+        sys.stderr.write(f"graphdrivers: note: {exc}\n")
+    else:
+        rows = [{"id": layer_id, "parent": driver.parent(layer_id)}
+                for layer_id in sorted(driver.layers())]
     if args.json:
         emit_json(rows)
     elif args.quiet:
@@ -222,7 +227,10 @@ def _copy(source, target, progress) -> None:
 def _write_file_atomically(path: str, stream, progress) -> None:
     """A failed diff leaves no half tar that looks like a good one."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".graphdrivers-diff-", dir=directory)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=".graphdrivers-diff-", dir=directory)
+    except OSError as exc:   # name the user's path, not our temporary one
+        raise OSError(exc.errno, exc.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as target:
             _copy(stream, target, progress)

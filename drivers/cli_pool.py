@@ -11,7 +11,7 @@ import inspect
 import sys
 from typing import Any
 
-from .cli import CliError, driver_options, emit_json
+from .cli import CliError, NoState, driver_options, emit_json, require_state
 
 POOL_DRIVER = "devicemapper"
 # integer fields shown in human units too (never counts, ids or percentages)
@@ -49,20 +49,14 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
 def open_pool_driver(args: argparse.Namespace):
     """The devicemapper driver for --home, or a clear error naming what is there instead."""
     import graphdrivers
-    from graphdrivers.registry import prior_drivers
-    import pathlib
-    name = args.driver
-    if name is None:
-        home = pathlib.Path(args.home)
-        prior = prior_drivers(home) if home.is_dir() else []
-        if POOL_DRIVER not in prior:
-            where = f"it holds {', '.join(prior)} state" if prior else "it holds no driver state"
-            raise CliError(f"no devicemapper pool under {home} ({where}); pool commands "
-                           "need --driver devicemapper on a home that uses it")
-        name = POOL_DRIVER
-    elif name != POOL_DRIVER:
-        raise CliError(f"pool commands work on the devicemapper driver only, not {name!r}")
-    driver = graphdrivers.load(name, args.home, driver_options(args))
+    if args.driver not in (None, POOL_DRIVER):
+        raise CliError(f"pool commands work on the devicemapper driver only, not {args.driver!r}")
+    try:
+        require_state(argparse.Namespace(home=args.home, driver=POOL_DRIVER))
+    except NoState:
+        raise NoState(f"no devicemapper pool under {args.home}; pool commands work on a home "
+                      "that uses the devicemapper driver ('layer create' makes the pool)") from None
+    driver = graphdrivers.load(POOL_DRIVER, args.home, driver_options(args))
     if not hasattr(driver, "pool_status"):
         raise CliError(f"the {driver.name} driver here has no pool administration")
     return driver

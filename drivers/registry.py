@@ -68,6 +68,9 @@ def load(name: str | None, home: str | os.PathLike,
          options: Mapping[str, str] | None = None) -> Driver:
     """Load driver ``name`` (or auto-select one) with its state under ``home/<name>``."""
     home = pathlib.Path(home)
+    if home.exists() and not home.is_dir():
+        raise DriverError(f"the home {home} is not a directory; give a directory "
+                          "(it is created when missing)")
     home.mkdir(parents=True, exist_ok=True, mode=0o711)
     if name is not None:
         return _instantiate(name, home, options)

@@ -107,17 +107,17 @@ class Overlay2Driver(NaiveDiff, Driver):
                               f"({exc.strerror}); free some space and load again") from None
             raise
 
+    @classmethod
+    def probe(cls, home: Path) -> None:
+        probe.check_home(home)
+
     def _setup(self, values: dict, mount_method: str | None, naive_diff: bool | None) -> None:
         self.home.mkdir(mode=0o710, parents=True, exist_ok=True)
         self._features = probe.Features(backing_fs=probe.check_backing(self.home),
                                         options=probe.default_mount_options())
         self._features.d_type = probe.supports_dtype(self.home)
         if not self._features.d_type:
-            hint = {"xfs": "reformat it with mkfs.xfs -n ftype=1",
-                    "extfs": "enable it with tune2fs -O filetype"}.get(
-                self._features.backing_fs, "use a filesystem with d_type")
-            raise NotSupported(f"overlay2 needs d_type support on the backing filesystem "
-                               f"({self._features.backing_fs}) of {self.home}: {hint}")
+            raise NotSupported(probe.dtype_message(self._features.backing_fs, self.home))
         self._choose_mount_method(mount_method)
         self._probe_mount(naive_diff)
 

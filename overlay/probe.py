@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from graphdrivers import fsinfo
 from graphdrivers import mount as _mount
 from graphdrivers.errors import NotSupported
 from graphdrivers.fsinfo import fs_name
@@ -68,6 +69,59 @@ def supports_dtype(directory: str | os.PathLike) -> bool:
             _libc.closedir(handle)
     finally:
         shutil.rmtree(probe, ignore_errors=True)
+
+
+def check_kernel() -> None:
+    """NotSupported unless this kernel has overlayfs (built in, loaded, or loadable)."""
+    with open("/proc/filesystems") as f:
+        if any(line.split()[-1:] == ["overlay"] for line in f):
+            return
+    release = os.uname().release
+    for index in ("modules.builtin", "modules.dep"):
+        try:
+            with open(f"/lib/modules/{release}/{index}") as f:
+                if any("/overlay.ko" in line.split(":")[0] for line in f):
+                    return   # the first overlay mount loads it
+        except FileNotFoundError:
+            continue
+    raise NotSupported(f"overlay2 needs overlayfs, which this kernel ({release}) does not have "
+                       "(no overlay in /proc/filesystems and no overlay module to load)")
+
+
+def dtype_known(directory: str | os.PathLike) -> bool | None:
+    """d_type support judged from an existing entry of ``directory`` (read only): None when
+    it has none to judge by. ("." and ".." prove nothing: XFS reports them as directories
+    even without ftype.)"""
+    handle = _libc.opendir(os.fsencode(directory))
+    if not handle:
+        return None
+    try:
+        while True:
+            entry = _libc.readdir(handle)
+            if not entry:
+                return None
+            name = ctypes.string_at(entry + _DIRENT_TYPE_OFFSET + 1)
+            if name not in (b".", b".."):
+                return ctypes.c_ubyte.from_address(entry + _DIRENT_TYPE_OFFSET).value \
+                    != DT_UNKNOWN
+    finally:
+        _libc.closedir(handle)
+
+
+def check_home(home: Path) -> None:
+    """What can be checked without writing anything: the kernel, the backing filesystem and
+    d_type at ``home`` (or its nearest existing ancestor). Load adds a real test mount."""
+    check_kernel()
+    where = Path(fsinfo.existing_ancestor(home))
+    backing = check_backing(where)
+    if dtype_known(where) is False:
+        raise NotSupported(dtype_message(backing, where))
+
+
+def dtype_message(backing: str, where: Path) -> str:
+    hint = {"xfs": "reformat it with mkfs.xfs -n ftype=1",
+            "extfs": "enable it with tune2fs -O filetype"}.get(backing, "use a filesystem with d_type")
+    return f"overlay2 needs d_type support on the backing filesystem ({backing}) of {where}: {hint}"
 
 
 def check_backing(home: Path) -> str:

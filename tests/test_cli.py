@@ -327,6 +327,84 @@ def test_usage_errors_exit_2(vfs):
     assert result.returncode == 2 and b"Traceback" not in result.stderr
     result = run(*vfs, "frobnicate", check=False)
     assert result.returncode == 2
+    for args in (["--storage-opt", "vfs.bogus=1", "layer", "create", "a"],
+                 ["layer", "create", "../escape"],
+                 ["layer", "create", "--storage-opt", "size=lots", "a"]):
+        result = run(*vfs, *args, check=False)
+        assert result.returncode == 2, (args, result)
+        assert_one_line_error(result)
+
+
+def test_operation_errors_exit_1(vfs, home):
+    run(*vfs, "layer", "create", "base")
+    for args in (["layer", "rm", "missing"], ["layer", "create", "base"]):
+        result = run(*vfs, *args, check=False)
+        assert result.returncode == 1, (args, result)
+        assert_one_line_error(result)
+
+
+def test_drivers_checks_overlay2_for_real(tmp_path):
+    """A home on overlayfs cannot host overlay2: `drivers` says so, as load() does."""
+    from graphdrivers.mount import mount, umount
+    for name in ("lower", "upper", "work", "merged"):
+        (tmp_path / name).mkdir()
+    try:
+        mount("overlay", tmp_path / "merged", "overlay", 0,
+              f"lowerdir={tmp_path}/lower,upperdir={tmp_path}/upper,workdir={tmp_path}/work")
+    except OSError as exc:
+        pytest.skip(f"no overlayfs here: {exc}")
+    try:
+        home = tmp_path / "merged" / "home"
+        rows = {row["name"]: row for row in
+                json.loads(run("--home", str(home), "drivers", "--json").stdout)}
+        assert rows["overlay2"]["usable"] is False
+        assert "overlayfs" in rows["overlay2"]["reason"]
+        with pytest.raises(graphdrivers.NotSupported):
+            graphdrivers.load("overlay2", home)
+    finally:
+        umount(tmp_path / "merged")
+
+
+def test_version_from_one_place():
+    from importlib.metadata import version
+    result = run("--version")
+    assert result.stdout.decode().split() == ["graphdrivers", graphdrivers.__version__]
+    assert version("graphdrivers") == graphdrivers.__version__
+
+
+def test_home_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("not a home")
+    for args in (["layer", "create", "a"], ["status"], ["layer", "ls"]):
+        line = assert_one_line_error(run("--home", str(path), *args, check=False))
+        assert "not a directory" in line, line
+    assert path.read_text() == "not a home"
+
+
+def test_read_commands_create_nothing(tmp_path):
+    typo = tmp_path / "typo"
+    listed = run("--home", str(typo), "layer", "ls", "--json")
+    assert json.loads(listed.stdout) == []
+    assert str(typo) in listed.stderr.decode()   # the note that points at a mistyped home
+    for args in (["status"], ["--driver", "vfs", "status"], ["layer", "changes", "a"],
+                 ["layer", "mount", "a"], ["pool", "status"],
+                 ["--driver", "devicemapper", "pool", "status"]):
+        assert_one_line_error(run("--home", str(typo), *args, check=False), str(typo))
+    run("--home", str(typo), "drivers")
+    assert not typo.exists()
+    typo.mkdir()   # an empty directory stays empty and pins no driver
+    run("--home", str(typo), "layer", "ls")
+    assert list(typo.iterdir()) == []
+    rows = json.loads(run("--home", str(typo), "drivers", "--json").stdout)
+    assert not any(row["state_here"] for row in rows)
+
+
+def test_diff_names_the_output_path(vfs, tmp_path):
+    run(*vfs, "layer", "create", "base")
+    target = tmp_path / "missing-dir" / "x.tar"
+    line = assert_one_line_error(run(*vfs, "layer", "diff", "base", "-o", str(target),
+                                     check=False))
+    assert str(target) in line and ".graphdrivers-diff-" not in line, line
 
 
 def test_interrupt_exits_130(vfs):
@@ -398,6 +476,7 @@ def test_pool_status_and_resize(tmp_path):
         common = ["--home", str(home), "--driver", "devicemapper"] + opts
         try:
             # few CLI calls: each one is a slow process start in the emulated VM
+            run(*common, "layer", "create", "base")   # pool commands need an existing pool
             before = json.loads(run(*common, "pool", "status", "--json").stdout)
             for key in ("data_used", "data_total", "metadata_used", "metadata_total",
                         "transaction_id", "thin_devices", "warnings"):
