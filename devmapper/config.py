@@ -105,7 +105,7 @@ OPTIONS: dict[str, Option] = {
     "dm.blkdiscard": Option(parse_bool, None, "discard a device's blocks before deleting it (default: true on loop files)"),
     "dm.override_udev_sync_check": Option(parse_bool, False, "accepted for compatibility; raw ioctls never wait for udev"),
     "dm.use_deferred_removal": Option(parse_bool, None, "deactivate busy devices lazily (default: when the kernel supports it)"),
-    "dm.use_deferred_deletion": Option(parse_bool, None, "delete busy devices later in the background"),
+    "dm.use_deferred_deletion": Option(parse_bool, None, "delete busy devices later in the background (default: as dm.use_deferred_removal)"),
     "dm.min_free_space": Option(_min_free, 10, "refuse new layers when the pool has less free space (default 10%)"),
     "dm.xfs_nospace_max_retries": Option(_uint, None, "xfs retries on ENOSPC before failing (0 = fail at once)"),
     "dm.directlvm_device": Option(str, "", "build an LVM thin pool on this block device"),
@@ -114,7 +114,7 @@ OPTIONS: dict[str, Option] = {
     "dm.thinp_metapercent": Option(_pct_below_100, None, "metadata LV size in % of the volume group (default 1)"),
     "dm.thinp_autoextend_threshold": Option(_pct_to_100, 80, "lvm autoextend threshold %"),
     "dm.thinp_autoextend_percent": Option(_pct_to_100, 20, "lvm autoextend step %"),
-    "dm.libdm_log_level": Option(_log_level, 2, "log level 2 (fatal) .. 7 (debug) for device-mapper messages"),
+    "dm.libdm_log_level": Option(_log_level, 2, "accepted for compatibility (2..7): no libdevmapper here, so no messages to filter"),
 }
 
 LAYER_OPTIONS: dict[str, Option] = {
