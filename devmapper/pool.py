@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from graphdrivers import loopback
+from graphdrivers.atomicfile import fsync_dir
 from graphdrivers.errors import DriverError, InvalidOption, NoSpace, NotSupported
 
 from . import blockdev, dm, faults
@@ -35,18 +36,22 @@ def device_prefix(home: Path) -> str:
 
 
 def ensure_image(path: Path, size: int) -> bool:
-    """Make ``path`` a sparse file of at least ``size`` bytes; True if it was created."""
+    """Make ``path`` a sparse file of at least ``size`` bytes; True if it was created.
+
+    A file's size is the pool's record of how big it was made or grown: it is
+    flushed before the pool uses the new room, so a power cut cannot leave a
+    pool table longer than its file (the kernel would refuse to load it).
+    """
     created = not path.exists()
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        current = os.fstat(fd).st_size
-        if current < size:
+        if os.fstat(fd).st_size < size:
             os.ftruncate(fd, size)
-        elif current > size:
-            log.warning("devicemapper: %s is %d bytes, larger than the %d requested; "
-                        "a loop file is never shrunk", path, current, size)
+            os.fsync(fd)
     finally:
         os.close(fd)
+    if created:
+        fsync_dir(path.parent)
     return created
 
 
@@ -122,29 +127,48 @@ class Pool:
         loopdir.mkdir(mode=0o700, exist_ok=True)
         data_file, meta_file = loopdir / "data", loopdir / "metadata"
         pool = cls(name, "loop", owned=True, data_file=data_file, metadata_file=meta_file)
-        if _adopt(name) is not None:
-            # left running by a process that died: adopt it; grow it if asked for more
+        # the files' sizes are what the pool was made or resized to: a load without
+        # dm.loop* keeps them; a larger value grows the pool as `pool resize` does
+        grow_data = _asked_growth(data_file, cfg.loopdatasize, cfg.loopdatasize_given, "data")
+        grow_meta = _asked_growth(meta_file, cfg.loopmetadatasize, cfg.loopmetadatasize_given,
+                                  "metadata")
+        # refuse before bringing anything up: a refused load changes nothing
+        pool._check_growth(data_file, grow_data, "data", force=False)
+        pool._check_growth(meta_file, grow_meta, "metadata", force=False)
+        if _adopt(name) is not None:   # left running by a process that ended
             pool._find_loop_devices()
-            grow_data = cfg.loopdatasize if cfg.loopdatasize > data_file.stat().st_size else None
-            grow_meta = cfg.loopmetadatasize if cfg.loopmetadatasize > meta_file.stat().st_size else None
-            if grow_data or grow_meta:
-                pool.resize(data_size=grow_data, metadata_size=grow_meta, force=True)
-            return pool
-        log.warning("devicemapper: %s", LOOPBACK_WARNING)
-        ensure_image(data_file, cfg.loopdatasize)
-        ensure_image(meta_file, cfg.loopmetadatasize)
+        else:
+            log.warning("devicemapper: %s", LOOPBACK_WARNING)
+            pool._attach_files(cfg)
+        if grow_data or grow_meta or pool._behind():
+            pool.resize(data_size=grow_data, metadata_size=grow_meta)
+        return pool
+
+    def _attach_files(self, cfg: Config) -> None:
+        """Loop devices on the files (made at the configured sizes if missing), then the table."""
+        data_file, meta_file = self.data_file, self.metadata_file
+        assert data_file and meta_file
+        if not data_file.exists():
+            ensure_image(data_file, cfg.loopdatasize)
+        if not meta_file.exists():
+            ensure_image(meta_file, cfg.loopmetadatasize)
         data_loop = loopback.attach(data_file, direct_io=cfg.loop_direct_io)
         try:
             meta_loop = loopback.attach(meta_file, direct_io=cfg.loop_direct_io)
             try:
-                pool.data_device, pool.metadata_device = data_loop.path, meta_loop.path
+                self.data_device, self.metadata_device = data_loop.path, meta_loop.path
                 # the pool's table holds the loops now; autoclear frees them with the pool
-                pool._create_table(cfg, meta_loop.path, data_loop.path, data_file.stat().st_size)
+                self._create_table(cfg, meta_loop.path, data_loop.path, data_file.stat().st_size)
             finally:
                 meta_loop.close()
         finally:
             data_loop.close()
-        return pool
+
+    def _behind(self) -> bool:
+        """A file grown by a resize that ended before the pool took the room (a crash)."""
+        return any(blockdev.size_bytes(device) < path.stat().st_size
+                   for path, device in ((self.data_file, self.data_device),
+                                        (self.metadata_file, self.metadata_device)))
 
     def _refresh_devices(self) -> None:
         meta, data = dm.table(self.name)[0][3].split()[:2]
@@ -271,16 +295,14 @@ class Pool:
     def _check_growth(self, path: Path, size: int | None, what: str, force: bool) -> None:
         if not size:
             return
+        _refuse_shrink(path, size, what)
         current = path.stat().st_size
-        if size < current:
-            raise InvalidOption(f"cannot shrink the pool's {what} file from {current} to {size} "
-                                "bytes: shrinking a thin pool destroys data; nothing was changed")
         free = _host_free(path)
         if not force and size - current > free:
             raise NoSpace(
                 f"growing the {what} file by {size - current} bytes (to {size}) "
                 f"but the filesystem under {path} has only {free} free; free space there or "
-                "pass force to grow the sparse file anyway")
+                "(pool resize only) pass --force to grow the sparse file anyway")
 
     def reload(self) -> None:
         """Reload the pool's table with the data device's current length (suspend, load, resume)."""
@@ -300,6 +322,21 @@ class Pool:
 
     def host_free(self) -> int | None:
         return _host_free(self.data_file) if self.data_file else None
+
+
+def _refuse_shrink(path: Path, size: int, what: str) -> None:
+    current = path.stat().st_size
+    if size < current:
+        raise InvalidOption(f"cannot shrink the pool's {what} file from {current} to {size} "
+                            "bytes: shrinking a thin pool destroys data; nothing was changed")
+
+
+def _asked_growth(path: Path, size: int, given: bool, what: str) -> int | None:
+    """The new size of an existing loop file when an explicit option asks for more."""
+    if not given or not path.exists():
+        return None
+    _refuse_shrink(path, size, what)
+    return size if size > path.stat().st_size else None
 
 
 def block_path(name: str) -> str:

@@ -16,6 +16,11 @@ import pytest
 SMALL_POOL = {"dm.loopdatasize": "2GB", "dm.loopmetadatasize": "64MB", "dm.basesize": "512MB"}
 
 
+def without_loop_sizes(options: dict) -> dict:
+    """The options of a restart that leaves the loop files' sizes to the pool."""
+    return {k: v for k, v in options.items() if k not in ("dm.loopdatasize", "dm.loopmetadatasize")}
+
+
 def require_dm() -> None:
     from graphdrivers.devmapper import dm
     reason = dm.available()

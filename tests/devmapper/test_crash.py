@@ -18,7 +18,7 @@ import pytest
 
 import graphdrivers
 
-from backends.devicemapper import backend
+from backends.devicemapper import backend, without_loop_sizes
 
 pytestmark = pytest.mark.devicemapper
 
@@ -124,7 +124,8 @@ def test_crash_in_pool_resize(tmp_path, step):
     with backend(tmp_path) as (home, options):
         prepare(home, options)
         run_child(home, options, "resize", f"devmapper.resize.{step}")
-        drv = graphdrivers.load("devicemapper", home, options)
+        # a restart leaves the sizes to the pool: the files may already be the grown ones
+        drv = graphdrivers.load("devicemapper", home, without_loop_sizes(options))
         try:
             check_keep(drv)
             st = drv.resize_pool(data_size=3 << 30, metadata_size=96 << 20)   # can be resized again

@@ -14,7 +14,7 @@ import graphdrivers
 from graphdrivers import loopback
 from graphdrivers.errors import InvalidOption, NoSpace
 
-from backends.devicemapper import backend, require_dm, teardown
+from backends.devicemapper import backend, require_dm, teardown, without_loop_sizes
 
 pytestmark = pytest.mark.devicemapper
 
@@ -201,13 +201,84 @@ def test_resize_pool_online_and_refusals(tmp_path):
             drv.unmount("a")
         finally:
             drv.cleanup()
-        # the new sizes hold after a restart with the old options
-        drv = graphdrivers.load("devicemapper", home, options)
+        # the new sizes hold after a restart; the old, smaller options are a shrink: refused
+        with pytest.raises(InvalidOption, match="shrink"):
+            graphdrivers.load("devicemapper", home, options)
+        drv = graphdrivers.load("devicemapper", home, without_loop_sizes(options))
         try:
             st = drv.pool_status()
             assert st["data_total"] == 3 << 30 and st["metadata_total"] == 128 << 20
         finally:
             drv.cleanup()
+
+
+def _sizes(home):
+    loopdir = home / "devicemapper" / "devicemapper"
+    return (loopdir / "data").stat().st_size, (loopdir / "metadata").stat().st_size
+
+
+def _pool_devices():
+    from graphdrivers.devmapper import dm
+    return [name for name in dm.list_devices() if name.endswith("-pool")]
+
+
+ADOPT_CHILD = r"""
+import json, os, sys
+import graphdrivers
+drv = graphdrivers.load("devicemapper", sys.argv[1], json.loads(sys.argv[2]))
+drv.create(sys.argv[3])
+os._exit(0)   # no cleanup(): the pool stays up, as after a crash
+"""
+
+
+@pytest.mark.parametrize("adopted", [False, True], ids=["restarted", "adopted"])
+def test_loop_pool_keeps_its_size(tmp_path, adopted):
+    """Only an explicit, larger dm.loop* grows a pool, through resize's checks (issue 21)."""
+    import json
+    with backend(tmp_path) as (home, options):
+        restart = without_loop_sizes(options)
+
+        def leave_running(opts, layer):   # a process that dies leaves its pool up
+            subprocess.run([sys.executable, "-c", ADOPT_CHILD, str(home), json.dumps(opts),
+                            layer], check=True, timeout=300)
+
+        def start(opts, layer):
+            if adopted:
+                leave_running(opts, layer)
+                return graphdrivers.load("devicemapper", home, opts)
+            drv = graphdrivers.load("devicemapper", home, opts)
+            drv.create(layer)
+            return drv
+
+        graphdrivers.load("devicemapper", home, options).cleanup()
+        made = _sizes(home)
+        assert made == (2 << 30, 64 << 20)
+        drv = start(restart, "a")   # no dm.loop* options: not Docker's 100 GB / 2 GB defaults
+        try:
+            st = drv.pool_status()
+            assert (st["data_total"], st["metadata_total"]) == made
+        finally:
+            drv.cleanup()
+        if adopted:
+            leave_running(restart, "c")
+        pools = _pool_devices()
+        assert len(pools) == (1 if adopted else 0)
+        for too_much in ({"dm.loopdatasize": "1TB"}, {"dm.loopmetadatasize": "1TB"}):
+            with pytest.raises(NoSpace, match="free"):
+                graphdrivers.load("devicemapper", home, {**restart, **too_much})
+            assert _sizes(home) == made and _pool_devices() == pools   # nothing changed
+        for smaller in ({"dm.loopdatasize": "1GB"}, {"dm.loopmetadatasize": "32MB"}):
+            with pytest.raises(InvalidOption, match="shrink"):
+                graphdrivers.load("devicemapper", home, {**restart, **smaller})
+            assert _sizes(home) == made and _pool_devices() == pools
+        drv = start({**restart, "dm.loopdatasize": "3GB", "dm.loopmetadatasize": "96MB"}, "b")
+        try:
+            st = drv.pool_status()
+            assert (st["data_total"], st["metadata_total"]) == (3 << 30, 96 << 20)
+            assert drv.exists("a") and drv.exists("b")
+        finally:
+            drv.cleanup()
+        assert _sizes(home) == (3 << 30, 96 << 20)
 
 
 def test_loop_direct_io(tmp_path):
