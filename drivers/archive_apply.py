@@ -70,7 +70,8 @@ class _Applier:
         self.stack: list[tuple[bytes, int, tuple[bytes, ...], bool]] = []   # + setgid?
         self.dirty = False
         self.created: dict[tuple[bytes, ...], set[bytes]] = {}
-        self.dir_times: list[tuple[list[bytes], int]] = []
+        # directories' mtimes (and, when not root, modes) are set last
+        self.dir_times: list[tuple[list[bytes], int, int | None]] = []
         self.total = 0
         self.is_root = os.geteuid() == 0
         self.ids = (os.geteuid(), os.getegid())
@@ -210,11 +211,12 @@ class _Applier:
         return None if mode & 0o7000 else mode
 
     def _attrs(self, dfd: int, name: bytes, e: Entry, fd: int | None, symlink: bool,
-               created: int | None = None) -> None:
+               created: int | None = None, chmod: bool = True) -> None:
         """Owner, then mode (so setuid survives chown), then xattrs (chown drops caps).
 
         ``created``: the mode we just created the entry with (None: an existing
         entry, or unknown); calls that would change nothing are skipped.
+        ``chmod=False``: the mode is set later (see ``finish``).
         """
         fresh = created is not None and self.umask is not None and not self.parent_sgid
         if self.is_root and not (fresh and (e.uid, e.gid) == self.ids):
@@ -222,7 +224,7 @@ class _Applier:
                 os.fchown(fd, e.uid, e.gid)
             else:
                 os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
-        if not symlink and not (fresh and created & ~self.umask == e.mode):  # type: ignore
+        if chmod and not symlink and not (fresh and created & ~self.umask == e.mode):  # type: ignore
 
             if fd is not None:
                 os.fchmod(fd, e.mode)
@@ -260,8 +262,8 @@ class _Applier:
             if typ != tf.DIR:
                 raise CorruptArchive(f"tar entry {self.name!r} names the layer root but is "
                                      "not a directory")
-            self._attrs(self.root_fd, b".", e, self.root_fd, False)
-            self.dir_times.append(([], e.mtime))
+            self._attrs(self.root_fd, b".", e, self.root_fd, False, chmod=self.is_root)
+            self.dir_times.append(([], e.mtime, None if self.is_root else e.mode))
             inp.skip(e.size + tf.padding(e.size))
             return
         base = parts[-1]
@@ -278,8 +280,9 @@ class _Applier:
             self.total += e.size
         elif typ == tf.DIR:
             created = self._mkdir(dfd, base, e.mode)
-            self._attrs(dfd, base, e, None, False, created)
-            self.dir_times.append((list(real) + [base], e.mtime))
+            self._attrs(dfd, base, e, None, False, created, chmod=self.is_root)
+            self.dir_times.append((list(real) + [base], e.mtime,
+                                   None if self.is_root else e.mode))
             inp.skip(e.size + tf.padding(e.size))
         elif typ == tf.SYM:
             self._create(dfd, base, lambda: os.symlink(e.linkname, base, dir_fd=dfd))
@@ -292,8 +295,8 @@ class _Applier:
         elif typ in _NODES:
             dev = os.makedev(e.devmajor, e.devminor)
             created = self._created_mode(e.mode)
-            self._create(dfd, base, lambda: os.mknod(base, _NODES[typ] | (created or 0o600),
-                                                     dev, dir_fd=dfd))
+            first = 0o600 if created is None else created
+            self._create(dfd, base, lambda: os.mknod(base, _NODES[typ] | first, dev, dir_fd=dfd))
             self._attrs(dfd, base, e, None, False, created)
             os.utime(base, ns=(e.mtime * 10**9,) * 2, dir_fd=dfd, follow_symlinks=False)
             inp.skip(e.size + tf.padding(e.size))
@@ -303,13 +306,15 @@ class _Applier:
 
     def _file(self, dfd: int, base: bytes, e: Entry, inp: _Input) -> None:
         # the hot path of a layer: kept to the minimum of calls and syscalls
+        # made with its final mode, 0000 included: the new file's fd writes anyway
         mode = e.mode
         created = None if mode & 0o7000 else mode
+        first = 0o600 if created is None else created
         try:
-            fd = os.open(base, _FILE_FLAGS, created or 0o600, dir_fd=dfd)
+            fd = os.open(base, _FILE_FLAGS, first, dir_fd=dfd)
         except FileExistsError:
             self._remove_existing(dfd, base, keep_dir=False)
-            fd = os.open(base, _FILE_FLAGS, created or 0o600, dir_fd=dfd)
+            fd = os.open(base, _FILE_FLAGS, first, dir_fd=dfd)
         try:
             size = e.size
             padded = size + (-size % BLOCK)
@@ -332,16 +337,18 @@ class _Applier:
         """Make directory ``base``; an existing one is kept (merged into) and None returned.
 
         As root the directory is made with its final mode (root writes into it
-        anyway); otherwise 0700 so that its contents can still be created.
+        anyway); otherwise 0700 so that its contents can still be created, and
+        the mode is set by ``finish``.
         """
         created = self._created_mode(mode) if self.is_root else None
+        first = 0o700 if created is None else created
         try:
-            os.mkdir(base, created or 0o700, dir_fd=dfd)
+            os.mkdir(base, first, dir_fd=dfd)
             return created
         except FileExistsError:
             if self._remove_existing(dfd, base, keep_dir=True):
                 return None
-            os.mkdir(base, created or 0o700, dir_fd=dfd)
+            os.mkdir(base, first, dir_fd=dfd)
             return created
 
     def _hardlink(self, dfd: int, base: bytes, e: Entry) -> None:
@@ -383,18 +390,25 @@ class _Applier:
         self.dirty = True
 
     def finish(self) -> None:
-        """Directory mtimes last: creating their contents changed them."""
+        """Directory mtimes last: creating their contents changed them. When not root,
+        modes last too (deepest first), so that a 0555 directory could be filled."""
         self._reset()
-        self.dir_times.sort()                 # neighbours share their parents' open fds
-        for parts, mtime in self.dir_times:
+        # neighbours share their parents' open fds; children before their parents;
+        # a directory listed twice keeps the tar's order (a stable sort)
+        self.dir_times.sort(key=lambda item: item[0], reverse=True)
+        for parts, mtime, mode in self.dir_times:
             ns = (mtime * 10**9,) * 2
             if not parts:
                 os.utime(self.root_fd, ns=ns)
+                if mode is not None:
+                    os.fchmod(self.root_fd, mode)
                 continue
             try:
                 dfd, _ = self._parent(parts, create=False)
                 if stat.S_ISDIR(os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False).st_mode):
                     os.utime(parts[-1], ns=ns, dir_fd=dfd, follow_symlinks=False)
+                    if mode is not None:
+                        os.chmod(parts[-1], mode, dir_fd=dfd)
             except (OSError, CorruptArchive):
                 self.dirty = True                 # replaced or removed later on: skip it
 

@@ -237,6 +237,45 @@ def assert_same_tree(expected: dict[str, Entry], actual: dict[str, Entry]) -> No
     assert not problems, "trees differ\n" + "\n".join(problems)
 
 
+def visible_names(root: Path) -> list[str]:
+    """Relative paths below ``root`` as ``ls -R`` shows them, directories with a trailing "/"."""
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == os.fspath(root):
+            dirnames[:] = [d for d in dirnames if d not in IGNORED_AT_ROOT]
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel + "/"
+        names += [prefix + d + "/" for d in dirnames] + [prefix + f for f in filenames]
+    return sorted(names)
+
+
+def assert_listable(root: Path, *, devices: bool = False) -> None:
+    """Every name readdir lists below ``root`` can be lstat'ed, and no whiteout shows.
+
+    overlayfs lists a whiteout device that sits in a directory it does not merge
+    (an opaque or upper-only one), then says ENOENT for it; on a layer without
+    lowers the device itself shows. Either is damage from applying a layer.
+    ``devices=True``: a 0:0 character device may be one the tar itself made.
+    """
+    problems = []
+    stack = [os.fspath(root)]
+    while stack:
+        path = stack.pop()
+        for name in os.listdir(path):
+            full = os.path.join(path, name)
+            rel = os.path.relpath(full, root)
+            try:
+                st = os.lstat(full)
+            except OSError as exc:
+                problems.append(f"{rel}: listed by readdir, but lstat says {exc.strerror}")
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and not devices:
+                problems.append(f"{rel}: a whiteout device (char 0:0) shows in the layer")
+            elif stat.S_ISDIR(st.st_mode):
+                stack.append(full)
+    assert not problems, "damaged tree:\n  " + "\n  ".join(sorted(problems)[:20])
+
+
 def tree_listing(root: Path) -> list[tuple[str, int, int, int]]:
     """(path, mode, size, mtime) of everything below root: to show that nothing changed."""
     out = []
@@ -283,6 +322,16 @@ class TarBuilder:
 
     def hardlink(self, name: str, target: str, **kw) -> "TarBuilder":
         self.tar.addfile(self._info(name, tarfile.LNKTYPE, 0o644, linkname=target, **kw))
+        return self
+
+    def fifo(self, name: str, mode: int = 0o644, **kw) -> "TarBuilder":
+        self.tar.addfile(self._info(name, tarfile.FIFOTYPE, mode, **kw))
+        return self
+
+    def chardev(self, name: str, major: int, minor: int, mode: int = 0o644,
+                **kw) -> "TarBuilder":
+        self.tar.addfile(self._info(name, tarfile.CHRTYPE, mode, devmajor=major,
+                                    devminor=minor, **kw))
         return self
 
     def bytes(self) -> bytes:

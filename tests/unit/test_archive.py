@@ -338,3 +338,42 @@ def test_gnu_tar_reads_our_output(tmp_path):
     subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf",
                     str(tar), "-C", str(dst)], check=True)
     assert_same(snapshot(src), snapshot(dst))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the apply as another user")
+def test_apply_without_root_fills_read_only_directories(tmp_path):
+    """Not root, no CAP_DAC_OVERRIDE: a directory without the owner's write bit still
+    receives its content, and every mode (0000 included) is exact at the end."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    tar = _tar([_dir(".", mode=0o555), _dir("ro", mode=0o555), _file("ro/f", mode=0o000),
+                _dir("ro/sub", mode=0o500), _file("ro/sub/g", b"g", mode=0o444),
+                _dir("locked", mode=0o000), _file("locked/x", mode=0o000),
+                _file("shadow", b"root:*::", mode=0o000)])
+    work = tempfile.mkdtemp(prefix="graphdrivers-nobody-")     # /tmp: nobody can reach it
+    try:
+        os.chmod(work, 0o755)
+        root = os.path.join(work, "layer")
+        os.mkdir(root)
+        os.chown(root, 65534, 65534)
+        with open(os.path.join(work, "layer.tar"), "wb") as f:
+            f.write(tar)
+        code = ("import sys; from graphdrivers.archive import apply_tar; "
+                "apply_tar(sys.argv[1], open(sys.argv[2], 'rb'))")
+        done = subprocess.run([sys.executable, "-c", code, root, os.path.join(work, "layer.tar")],
+                              user=65534, group=65534, extra_groups=[], capture_output=True,
+                              text=True, cwd="/")
+        assert done.returncode == 0, done.stderr
+        modes = {rel: stat.S_IMODE(os.lstat(os.path.join(root, rel)).st_mode)
+                 for rel in (".", "ro", "ro/f", "ro/sub", "ro/sub/g", "locked", "locked/x",
+                             "shadow")}
+        assert modes == {".": 0o555, "ro": 0o555, "ro/f": 0o000, "ro/sub": 0o500,
+                         "ro/sub/g": 0o444, "locked": 0o000, "locked/x": 0o000,
+                         "shadow": 0o000}
+        with open(os.path.join(root, "ro/sub/g"), "rb") as f:
+            assert f.read() == b"g"
+        assert os.stat(os.path.join(root, "ro")).st_mtime == 1_500_000_000
+    finally:
+        shutil.rmtree(work)
