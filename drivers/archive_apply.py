@@ -8,6 +8,12 @@ target is relative and stays inside the root (resolved lexically, as a chroot
 would); hard link targets may not go through symlinks at all. The final
 component is never followed: an existing entry is removed and recreated.
 
+Whiteouts: ``.wh.<name>`` deletes what is there when it comes (as Docker's
+UnpackLayer: the same layer's earlier entry included). ``.wh..wh..opq`` hides
+what the layers below hold in its directory wherever it sits in the tar, and
+never this tar's own entries. A whiteout creates nothing for its own sake: a
+driver with lower layers (overlay2) says where they show something to hide.
+
 Speed: the stream is read in 1 MiB blocks into one reusable buffer and file
 data is written straight from it; headers are parsed by hand.
 """
@@ -23,7 +29,8 @@ from . import archive_format as tf
 from .archive_format import BLOCK, ZERO_BLOCK, Entry, HeaderError
 from .archive_input import TarInput as _Input
 from .archive_input import Truncated as _Truncated
-from .archive_whiteout import PLAIN, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, WhiteoutFormat
+from .archive_whiteout import (PLAIN, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, WhiteoutFormat,
+                               _remove)
 from .errors import CorruptArchive, DriverError, NoSpace
 
 MAX_META = 16 << 20          # largest PAX / GNU long-name data we hold in memory
@@ -45,6 +52,18 @@ def _umask() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+class _Missing(FileNotFoundError):
+    """A directory on the way does not exist; ``real`` is where it would be."""
+
+    def __init__(self, real: tuple[bytes, ...]):
+        super().__init__(errno.ENOENT, "no such directory")
+        self.real = real
+
+
+class _NotDirectory(CorruptArchive):
+    """A component on the way is neither a directory nor a symlink to one."""
 
 
 def _split(name: bytes, what: str = "entry") -> list[bytes]:
@@ -69,7 +88,10 @@ class _Applier:
         # (tar component, fd, real components from the root)
         self.stack: list[tuple[bytes, int, tuple[bytes, ...], bool]] = []   # + setgid?
         self.dirty = False
+        # what this tar wrote, for an opaque marker wherever it comes: the names of
+        # entries per real directory, and every directory holding any at any depth
         self.created: dict[tuple[bytes, ...], set[bytes]] = {}
+        self.holders: set[tuple[bytes, ...]] = set()
         # directories' mtimes (and, when not root, modes) are set last
         self.dir_times: list[tuple[list[bytes], int, int | None]] = []
         self.total = 0
@@ -97,10 +119,13 @@ class _Applier:
         return os.fsdecode(self.raw_name)
 
     def _note(self, real: tuple[bytes, ...], name: bytes) -> None:
-        """Remember what this tar created, for a later opaque marker in that directory."""
+        """Remember what this tar created, for a later opaque marker above it."""
         created = self.created.get(real)
         if created is None:
             created = self.created[real] = set()
+            while real and real not in self.holders:
+                self.holders.add(real)
+                real = real[:-1]
         created.add(name)
 
     def _step(self, parent_fd: int, real: tuple[bytes, ...], comp: bytes, create: bool,
@@ -110,17 +135,15 @@ class _Applier:
             return os.open(comp, _DIR_FLAGS, dir_fd=parent_fd), real + (comp,)
         except FileNotFoundError:
             if not create:
-                raise
-            os.mkdir(comp, 0o755, dir_fd=parent_fd)
-            fd = os.open(comp, _DIR_FLAGS, dir_fd=parent_fd)
-            os.fchmod(fd, 0o755)                 # implied parents are 0755 whatever the umask
-            self._note(real, comp)
-            return fd, real + (comp,)
+                raise _Missing(real + (comp,)) from None
+            return self._implied(parent_fd, real, comp, None), real + (comp,)
         except NotADirectoryError:
             st = os.stat(comp, dir_fd=parent_fd, follow_symlinks=False)
             where = os.fsdecode(b"/".join(real + (comp,)))
+            if create and self.fmt.is_whiteout(st):
+                return self._implied(parent_fd, real, comp, st), real + (comp,)
             if not stat.S_ISLNK(st.st_mode):
-                raise CorruptArchive(f"{self.name}: parent {where!r} is not a directory") from None
+                raise _NotDirectory(f"{self.name}: parent {where!r} is not a directory") from None
             if not follow:
                 raise CorruptArchive(f"{self.name}: goes through the symlink {where!r}, "
                                      "which is not allowed for hard link targets") from None
@@ -150,13 +173,34 @@ class _Applier:
                 parts.append(piece)
         return self._open_path(parts, create, True, hops)
 
+    def _implied(self, parent_fd: int, real: tuple[bytes, ...], comp: bytes,
+                 whiteout: os.stat_result | None) -> int:
+        """Make the directory ``comp`` that an entry below implies; return its fd.
+
+        0755 whatever the umask; where a deletion marker was, the new directory
+        hides what the marker hid.
+        """
+        if whiteout is not None:
+            os.unlink(comp, dir_fd=parent_fd)
+        os.mkdir(comp, 0o755, dir_fd=parent_fd)
+        fd = os.open(comp, _DIR_FLAGS, dir_fd=parent_fd)
+        os.fchmod(fd, 0o755)
+        if whiteout is not None:
+            self.fmt.dir_over_whiteout(parent_fd, comp)
+        else:
+            self.fmt.implied_dir(fd, real + (comp,))
+        return fd
+
     def _open_path(self, parts: list[bytes], create: bool, follow: bool,
                    hops: int = 0) -> tuple[int, tuple[bytes, ...]]:
         """Open ``parts`` from the root without the cache; caller closes the fd."""
         fd, real = os.dup(self.root_fd), ()
         try:
-            for comp in parts:
-                new_fd, real = self._step(fd, real, comp, create, follow, hops)
+            for i, comp in enumerate(parts):
+                try:
+                    new_fd, real = self._step(fd, real, comp, create, follow, hops)
+                except _Missing as missing:
+                    raise _Missing(missing.real + tuple(parts[i + 1:])) from None
                 os.close(fd)
                 fd = new_fd
         except BaseException:
@@ -178,9 +222,13 @@ class _Applier:
         for entry in stack[n:]:
             os.close(entry[1])
         del stack[n:]
-        for comp in parts[n:want]:
+        for i in range(n, want):
+            comp = parts[i]
             fd, real = (stack[-1][1], stack[-1][2]) if stack else (self.root_fd, ())
-            new_fd, new_real = self._step(fd, real, comp, create, True, 0)
+            try:
+                new_fd, new_real = self._step(fd, real, comp, create, True, 0)
+            except _Missing as missing:
+                raise _Missing(missing.real + tuple(parts[i + 1:want])) from None
             sgid = bool(os.fstat(new_fd).st_mode & stat.S_ISGID)
             stack.append((comp, new_fd, new_real, sgid))
         if not stack:
@@ -191,20 +239,17 @@ class _Applier:
         return top[1], top[2]
 
     # -- entries -----------------------------------------------------------
-    def _remove_existing(self, dfd: int, name: bytes, keep_dir: bool) -> bool:
-        """Remove ``name`` unless it is a directory and ``keep_dir``; True if a dir is kept."""
+    def _remove_existing(self, dfd: int, name: bytes) -> None:
+        """Remove ``name``, whatever it is, to make room for a new entry."""
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
-            return False
+            return
         if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return True
             shutil.rmtree(name, dir_fd=dfd)
         else:
             os.unlink(name, dir_fd=dfd)
         self.dirty = True
-        return False
 
     def _created_mode(self, mode: int) -> int | None:
         """The mode to create an entry with, so that no chmod is needed afterwards."""
@@ -249,7 +294,7 @@ class _Applier:
         try:
             make()
         except FileExistsError:
-            self._remove_existing(dfd, name, keep_dir=False)
+            self._remove_existing(dfd, name)
             make()
 
     def entry(self, e: Entry, inp: _Input) -> None:
@@ -294,6 +339,7 @@ class _Applier:
             inp.skip(e.size + tf.padding(e.size))
         elif typ in _NODES:
             dev = os.makedev(e.devmajor, e.devminor)
+            self.fmt.check_device(_NODES[typ], dev)
             created = self._created_mode(e.mode)
             first = 0o600 if created is None else created
             self._create(dfd, base, lambda: os.mknod(base, _NODES[typ] | first, dev, dir_fd=dfd))
@@ -313,7 +359,7 @@ class _Applier:
         try:
             fd = os.open(base, _FILE_FLAGS, first, dir_fd=dfd)
         except FileExistsError:
-            self._remove_existing(dfd, base, keep_dir=False)
+            self._remove_existing(dfd, base)
             fd = os.open(base, _FILE_FLAGS, first, dir_fd=dfd)
         try:
             size = e.size
@@ -346,9 +392,13 @@ class _Applier:
             os.mkdir(base, first, dir_fd=dfd)
             return created
         except FileExistsError:
-            if self._remove_existing(dfd, base, keep_dir=True):
+            st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
                 return None
+            self._remove_existing(dfd, base)
             os.mkdir(base, first, dir_fd=dfd)
+            if self.fmt.is_whiteout(st):
+                self.fmt.dir_over_whiteout(dfd, base)
             return created
 
     def _hardlink(self, dfd: int, base: bytes, e: Entry) -> None:
@@ -375,9 +425,11 @@ class _Applier:
             os.close(tfd)
 
     def _whiteout(self, parts: list[bytes], base: bytes) -> None:
-        dfd, real = self._parent(parts)
+        """``.wh.<name>`` deletes what is there now (as Docker's UnpackLayer, the same
+        layer's earlier entry included); ``.wh..wh..opq`` hides what the layers
+        below hold in its directory, never this tar's own entries, before or after it."""
         if base == WH_OPAQUE:
-            self.fmt.apply_opaque(dfd, {os.fsdecode(n) for n in self.created.get(real, ())})
+            victim = None
         elif base.startswith(WH_META_PREFIX):
             return                                       # AUFS metadata: not ours to apply
         else:
@@ -385,9 +437,67 @@ class _Applier:
             if victim in (b"", b".", b".."):
                 raise CorruptArchive(f"whiteout {self.name!r} names {os.fsdecode(victim)!r}, "
                                      "which would delete outside its directory")
-            self.fmt.apply_whiteout(dfd, os.fsdecode(victim))
-            self.created.get(real, set()).discard(victim)
+        where = self._whiteout_dir(parts, victim)
+        if where is None:
+            return
+        dfd, real = where
         self.dirty = True
+        if victim is None:
+            self._sweep(real)
+            self.fmt.apply_opaque(dfd, real)
+            return
+        self.fmt.apply_whiteout(dfd, victim, real)
+        self.created.get(real, set()).discard(victim)
+
+    def _whiteout_dir(self, parts: list[bytes], victim: bytes | None
+                      ) -> tuple[int, tuple[bytes, ...]] | None:
+        """The directory a whiteout acts in, or None when it has nothing to hide.
+
+        A whiteout never creates anything for its own sake: its directory is
+        made only where a layer below shows what it hides (overlay2's upper dir).
+        """
+        try:
+            return self._parent(parts, create=False)
+        except _NotDirectory:
+            return None                 # below a file or a deleted directory: nothing there
+        except _Missing as missing:
+            if not self.fmt.hidden_below(missing.real, victim):
+                return None
+        return self._parent(parts)
+
+    def _sweep(self, real: tuple[bytes, ...]) -> None:
+        """Remove below ``real`` what this tar did not write: an opaque marker's work.
+
+        Kept: the tar's entries, and the directories leading to them; one of
+        those that the tar only implies is a new directory to the tree (0755,
+        our owner), whatever the lower layers had there.
+        """
+        todo = [real]
+        while todo:
+            path = todo.pop()
+            fd, _ = self._open_path(list(path), create=False, follow=False)
+            try:
+                own = self.created.get(path, ())
+                for entry in list(os.scandir(fd)):
+                    name = os.fsencode(entry.name)
+                    below = path + (name,)
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if name in own:
+                        if is_dir:
+                            todo.append(below)
+                    elif is_dir and below in self.holders:
+                        self._reset_implied(fd, name)
+                        todo.append(below)
+                    else:
+                        _remove(fd, name)
+            finally:
+                os.close(fd)
+
+    def _reset_implied(self, dfd: int, name: bytes) -> None:
+        """Make a kept lower directory look as one the tar implies would (see _step)."""
+        if self.is_root:
+            os.chown(name, *self.ids, dir_fd=dfd, follow_symlinks=False)
+        os.chmod(name, 0o755, dir_fd=dfd)            # a directory: chmod does not follow
 
     def finish(self) -> None:
         """Directory mtimes last: creating their contents changed them. When not root,

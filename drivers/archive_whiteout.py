@@ -32,17 +32,38 @@ def _remove(dir_fd: int, name: str | bytes) -> None:
 
 
 class WhiteoutFormat:
-    """Hooks the archive code calls; the defaults are the plain-tree behaviour."""
+    """Hooks the archive code calls; the defaults are the plain-tree behaviour.
 
-    def apply_whiteout(self, dir_fd: int, name: str) -> None:
+    Paths given to the apply hooks (``real``) are tuples of bytes components from
+    the root, symlinks resolved: where the entry really is in the tree.
+    """
+
+    def hidden_below(self, real_dir: tuple[bytes, ...], name: bytes | None) -> bool:
+        """Whether layers below this tree show ``name`` in ``real_dir`` (None: any
+        entry there). A plain tree holds everything there is: never."""
+        return False
+
+    def apply_whiteout(self, dir_fd: int, name: bytes, real_dir: tuple[bytes, ...]) -> None:
         """The tar had ``<dir>/.wh.<name>``: delete ``name`` in the directory ``dir_fd``."""
         _remove(dir_fd, name)
 
-    def apply_opaque(self, dir_fd: int, keep: set[str]) -> None:
-        """The tar had ``<dir>/.wh..wh..opq``: delete every entry not created by this tar."""
-        for entry in os.scandir(dir_fd):
-            if entry.name not in keep:
-                _remove(dir_fd, entry.name)
+    def apply_opaque(self, dir_fd: int, real_dir: tuple[bytes, ...]) -> None:
+        """The tar had ``<dir>/.wh..wh..opq``; everything in the directory that the
+        tar did not write is gone already. A plain tree needs nothing more."""
+
+    def implied_dir(self, fd: int, real: tuple[bytes, ...]) -> None:
+        """A directory the tar implies (no entry of its own) was just made, 0755."""
+
+    def is_whiteout(self, st: os.stat_result) -> bool:
+        """Whether this on-disk entry is a deletion marker (never, in a plain tree)."""
+        return False
+
+    def dir_over_whiteout(self, dir_fd: int, name: bytes) -> None:
+        """A directory was made where a deletion marker was: it must not show what
+        the marker hid."""
+
+    def check_device(self, kind: int, rdev: int) -> None:
+        """Refuse (CorruptArchive) a device node this format cannot store as one."""
 
     def apply_xattr(self, name: str) -> bool:
         """Whether an xattr from the tar is set on disk (never overlayfs' own)."""

@@ -6,6 +6,8 @@ Docker's layout (see layout.py), with what Docker left open:
 - mounts with redirect_dir=off and metacopy=off where the kernel has them, so
   the upper dir stays a complete record and the native diff stays correct;
 - native ``changes`` from the upper dir, opaque directories included;
+- whiteouts applied only where overlayfs hides them, an opaque layer root as
+  the whiteouts it means (overlayfs ignores one on the upper root; apply.py);
 - create and remove are atomic (build in a temp dir and rename; rename into
   the trash first), so a crash never leaves a half layer behind.
 
@@ -39,6 +41,7 @@ from graphdrivers.refcount import RefCounter
 
 from . import diff as _diff
 from . import mountapi, probe, quota
+from .apply import UpperDir
 from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name, read_lowers,
                      read_text)
 from .whiteout import OVERLAY
@@ -492,7 +495,8 @@ class Overlay2Driver(NaiveDiff, Driver):
         if not self._native(id, parent):
             return super().apply_diff(id, parent, diff)
         try:
-            return apply_tar(layer / "diff", diff, fmt=OVERLAY)
+            return apply_tar(layer / "diff", diff,
+                             fmt=UpperDir(layer / "diff", self._lower_roots(layer)))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"layer {id!r} ran out of space while applying a diff "

@@ -9,7 +9,6 @@ import os
 import stat
 
 from graphdrivers.archive import WhiteoutFormat
-from graphdrivers.archive_whiteout import _remove
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 REDIRECT_XATTR = "trusted.overlay.redirect"
@@ -36,16 +35,11 @@ def has_xattr(path: str | os.PathLike, name: str) -> bool:
 
 
 class OverlayWhiteouts(WhiteoutFormat):
-    """Whiteouts as overlayfs stores them in an upper (``diff``) directory."""
+    """Whiteouts as overlayfs stores them in an upper (``diff``) directory: exported.
+    Applying a tar needs the lower layers too: see ``apply.UpperDir``."""
 
-    def apply_whiteout(self, dir_fd: int, name: str) -> None:
-        _remove(dir_fd, name)
-        # mode 0 like the kernel's own whiteouts; only the 0/0 device number matters
-        os.mknod(name, stat.S_IFCHR, 0, dir_fd=dir_fd)
-
-    def apply_opaque(self, dir_fd: int, keep: set[str]) -> None:
-        super().apply_opaque(dir_fd, keep)
-        os.setxattr(dir_fd, OPAQUE_XATTR, b"y")
+    def is_whiteout(self, st: os.stat_result) -> bool:
+        return is_whiteout(st)
 
     def export_whiteout(self, path: str, st: os.stat_result) -> bool:
         return is_whiteout(st)

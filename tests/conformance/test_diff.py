@@ -10,8 +10,9 @@ import pytest
 
 from graphdrivers import Change, ChangeKind
 
-from .helpers import (CAPABILITY, IGNORED_AT_ROOT, TarBuilder, assert_same_tree, build_rich_tree, content, hardlink_groups,
-                      mounted, read, snapshot, tar_names, write, xattrs_supported)
+from .helpers import (CAPABILITY, IGNORED_AT_ROOT, TarBuilder, assert_listable, assert_same_tree,
+                      build_rich_tree, content, hardlink_groups, mounted, read, snapshot,
+                      tar_names, write, xattrs_supported)
 
 A, C, D = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 
@@ -231,6 +232,7 @@ def test_whiteouts_and_opaque_through_apply_then_changes(driver):
     driver.apply_diff("copy", parent, driver.diff("child"))
     assert _changes(driver, "copy") == original
     with mounted(driver, "copy") as root:
+        assert_listable(root)
         assert sorted(os.listdir(root / "g")) == ["3"]
         assert not (root / "a").exists() and not (root / "b").exists()
         assert (root / "c").is_dir() and (root / "d").is_file()
@@ -252,6 +254,7 @@ def test_apply_hand_built_whiteouts_and_opaque(driver):
     applied = driver.apply_diff("child", parent, tar)
     assert applied == len("only me") + len("fresh") + len("parents implied")
     with mounted(driver, "child") as root:
+        assert_listable(root)
         assert not (root / "a").exists()
         assert sorted(os.listdir(root / "b")) == ["1", "2"]
         assert sorted(os.listdir(root / "g")) == ["new"]
@@ -408,5 +411,6 @@ def test_apply_diff_twice_layers_changes(driver):
     driver.apply_diff("l", "base", TarBuilder().file(".wh.a").file(".wh.from-base")
                       .file("d/y", "3").stream())
     with mounted(driver, "l") as root:
+        assert_listable(root)
         assert sorted(set(os.listdir(root)) - IGNORED_AT_ROOT) == ["d"]
         assert sorted(os.listdir(root / "d")) == ["x", "y"]

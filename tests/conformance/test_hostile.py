@@ -16,7 +16,8 @@ import pytest
 
 from graphdrivers.errors import DriverError
 
-from .helpers import TarBuilder, assert_same_tree, mounted, snapshot, tree_listing, write
+from .helpers import (TarBuilder, assert_listable, assert_same_tree, mounted, snapshot,
+                      tree_listing, write)
 
 UP = "../" * 40   # enough to reach / from any layer root
 
@@ -161,9 +162,10 @@ def _attack(driver, data: bytes) -> DriverError | None:
 @pytest.mark.parametrize("name", sorted(_escape_tars(Path("/x/canary"))))
 def test_escape_is_refused_or_contained(driver, guarded, name):
     error = _attack(driver, _escape_tars(guarded)[name])
-    if error is None:   # contained: whatever landed is inside the layer
+    if error is None:   # contained: whatever landed is inside the layer, and is sound
         with mounted(driver, "victim") as root:
             assert root.is_dir()
+            assert_listable(root)
     driver.remove("victim")
     driver.create("victim")     # the id is usable again
     driver.remove("victim")
@@ -182,4 +184,5 @@ def test_good_tar_passes_the_same_guard(driver, guarded):
     assert _attack(driver, _good_tar()) is None
     with mounted(driver, "victim") as root:
         assert (root / "two").read_bytes() == b"2" * 100_000
+        assert_listable(root)
     driver.remove("victim")

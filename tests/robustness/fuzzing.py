@@ -11,6 +11,8 @@ from pathlib import Path
 from graphdrivers.errors import DriverError
 from graphdrivers.mount import mounts_under
 
+from conformance.helpers import assert_listable
+
 from .canary import diff, make_canary, snapshot
 
 
@@ -67,12 +69,22 @@ class Session:
                                  + "".join(traceback.format_exception(exc))) from None
         finally:
             self.check(layer)
+        self.check_layer(layer)
         self.driver.remove(layer)
         assert not self.driver.exists(layer)
         # once the layer is gone, the whole home is as before (directory mtimes aside)
         if self.check_home:
             changed = diff(self.home_before, _without_dir_times(snapshot(self.home)))
             assert not changed, "the driver home changed outside the layer:\n" + "\n".join(changed)
+
+    def check_layer(self, layer: str) -> None:
+        """Whatever was applied (or half applied) leaves a sound tree: every name
+        readdir lists can be lstat'ed (overlay2: no stray whiteout devices)."""
+        root = Path(self.driver.mount(layer))
+        try:
+            assert_listable(root, devices=self.driver.name != "overlay2")
+        finally:
+            self.driver.unmount(layer)
 
     def check(self, layer: str) -> None:
         changed = diff(self.canary_before, snapshot(self.canary))

@@ -245,11 +245,11 @@ def test_custom_whiteout_format_hooks(tmp_path):
     calls = []
 
     class Recorder(WhiteoutFormat):
-        def apply_whiteout(self, dir_fd, name):
-            calls.append(("wh", name))
+        def apply_whiteout(self, dir_fd, name, real_dir):
+            calls.append(("wh", name, real_dir))
 
-        def apply_opaque(self, dir_fd, keep):
-            calls.append(("opq", sorted(keep)))
+        def apply_opaque(self, dir_fd, real_dir):
+            calls.append(("opq", real_dir))
 
         def export_whiteout(self, path, st):
             return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
@@ -266,7 +266,7 @@ def test_custom_whiteout_format_hooks(tmp_path):
     dst = tmp_path / "dst"
     dst.mkdir()
     apply_tar(dst, export_tree(root, fmt=Recorder()), fmt=Recorder())
-    assert calls == [("wh", "deleted"), ("opq", [])]
+    assert calls == [("wh", b"deleted", ()), ("opq", (b"o",))]
     assert PLAIN.export_xattr("user.x") and not PLAIN.export_xattr("trusted.overlay.opaque")
 
 
