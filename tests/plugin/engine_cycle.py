@@ -461,15 +461,12 @@ def main(argv: list[str]) -> int:
         for driver in args.drivers:
             with contextlib.ExitStack() as stack:
                 base = work / driver
-                opts: tuple[str, ...] = ()
                 if driver == "btrfs":   # both data roots on a btrfs loop filesystem
                     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
                     from backends.btrfs import filesystem
                     base = stack.enter_context(filesystem(work))
-                    opts = ("btrfs.native_diff=false",)   # see test_plugin_engine.OPTS
                 ref = cycle_builtin(driver, base / "ref", tar)
-                got = cycle_plugin(driver, base / "gd", tar, spec_file=(driver != "vfs"),
-                                   storage_opts=opts)
+                got = cycle_plugin(driver, base / "gd", tar, spec_file=(driver != "vfs"))
             problems = compare(ref, got)
             problems += [f"plugin diff1 {got.diff1} != expected"] if got.diff1 != DIFF1 else []
             problems += [f"plugin diff2 {got.diff2} != expected"] if got.diff2 != DIFF2 else []
