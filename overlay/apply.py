@@ -16,6 +16,7 @@ import os
 import stat
 from typing import Sequence
 
+from graphdrivers.archive import WhiteoutFormat
 from graphdrivers.errors import CorruptArchive
 
 from .diff import lookup, merged_names
@@ -106,10 +107,26 @@ class UpperDir(OverlayWhiteouts):
         _set_opaque(dir_fd, name)
 
     def check_device(self, kind: int, rdev: int) -> None:
-        if kind == stat.S_IFCHR and rdev == 0:
-            raise CorruptArchive("the tar holds a character device 0:0, which overlayfs "
-                                 "takes for a deletion marker: overlay2 cannot store it "
-                                 "(use another storage driver for this image)")
+        _refuse_whiteout_device(kind, rdev)
+
+
+class MergedDir(WhiteoutFormat):
+    """Applying through the overlay mount (the naive diff): the kernel makes the
+    whiteouts. A 0:0 device would be one in a layer's upper dir (the kernel refuses
+    it with EPERM on a mount; a base layer is no mount): refused the same way."""
+
+    def check_device(self, kind: int, rdev: int) -> None:
+        _refuse_whiteout_device(kind, rdev)
+
+
+MERGED = MergedDir()
+
+
+def _refuse_whiteout_device(kind: int, rdev: int) -> None:
+    if kind == stat.S_IFCHR and rdev == 0:
+        raise CorruptArchive("the tar holds a character device 0:0, which overlayfs "
+                             "takes for a deletion marker: overlay2 cannot store it "
+                             "(use another storage driver for this image)")
 
 
 def _listxattr(path: bytes) -> list[str]:

@@ -41,7 +41,7 @@ from graphdrivers.refcount import RefCounter
 
 from . import diff as _diff
 from . import mountapi, probe, quota
-from .apply import UpperDir
+from .apply import MERGED, UpperDir
 from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name, read_lowers,
                      read_text)
 from .whiteout import OVERLAY
@@ -90,6 +90,7 @@ def _env_flag(name: str) -> bool:
 
 class Overlay2Driver(NaiveDiff, Driver):
     name = "overlay2"
+    whiteout_format = MERGED        # the naive diff's apply, through the mount
     OPTIONS = {
         "overlay2.size": Option(parse_size, 0, "default size limit of read-write layers "
                                                "(needs XFS with pquota)"),

@@ -352,7 +352,7 @@ def test_apply_without_root_fills_read_only_directories(tmp_path):
                 _dir("ro/sub", mode=0o500), _file("ro/sub/g", b"g", mode=0o444),
                 _dir("locked", mode=0o000), _file("locked/x", mode=0o000),
                 _file("shadow", b"root:*::", mode=0o000)])
-    work = tempfile.mkdtemp(prefix="graphdrivers-nobody-")     # /tmp: nobody can reach it
+    work = tempfile.mkdtemp(prefix="graphdrivers-nobody-", dir="/tmp")   # nobody reaches it
     try:
         os.chmod(work, 0o755)
         root = os.path.join(work, "layer")
