@@ -53,20 +53,7 @@ def supports_dtype(directory: str | os.PathLike) -> bool:
     probe.mkdir()
     try:
         (probe / "f").touch()
-        handle = _libc.opendir(os.fsencode(probe))
-        if not handle:
-            return False
-        try:
-            while True:
-                entry = _libc.readdir(handle)
-                if not entry:
-                    return True
-                name = ctypes.string_at(entry + _DIRENT_TYPE_OFFSET + 1)
-                if name == b"f":
-                    return ctypes.c_ubyte.from_address(entry + _DIRENT_TYPE_OFFSET).value \
-                        != DT_UNKNOWN
-        finally:
-            _libc.closedir(handle)
+        return dtype_known(probe) is not False
     finally:
         shutil.rmtree(probe, ignore_errors=True)
 
