@@ -64,8 +64,9 @@ class BtrfsDriver(NaiveDiff, Driver):
         self._drop_orphan_records()
         self._lock = threading.Lock()
         self._destroy_stale_qgroups()
-        self._locks = IdLocks()
-        self._refs = RefCounter(lambda _path: False)   # a layer "mount" is a path, never a mount
+        self._locks = IdLocks(self.home_run)
+        # a layer "mount" is a path, never a mount
+        self._refs = RefCounter(lambda _path: False, self.home_run)
 
     # -- probing ---------------------------------------------------------
     @classmethod
@@ -177,8 +178,9 @@ class BtrfsDriver(NaiveDiff, Driver):
     def remove(self, id: str) -> None:
         with self._locks.hold(check_id(id)):
             path = self._require(id)
-            if self._refs.count(str(path)):
-                raise LayerInUse(f"layer {id!r} is mounted; unmount it before removing it")
+            busy = self._refs.in_use(str(path))
+            if busy:
+                raise LayerInUse(f"layer {id!r} is {busy}; unmount it before removing it")
             try:
                 self._quota_file(id).unlink()
             except FileNotFoundError:
@@ -197,6 +199,7 @@ class BtrfsDriver(NaiveDiff, Driver):
             except FileNotFoundError:
                 pass
             self._refs.forget(str(path))
+            self.home_run.forget_lock(id)
 
     def _stale_file(self) -> pathlib.Path:
         return self.home / "quotas" / ".stale-qgroups.json"

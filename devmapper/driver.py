@@ -58,8 +58,8 @@ class DeviceMapperDriver(NaiveDiff, Driver):
         self.cfg: Config = parse_config(options)   # before touching anything
         self.probe(self.home)
         self._lock = threading.RLock()
-        self._ids = IdLocks()
-        self._refs = RefCounter(is_mountpoint)
+        self._ids = IdLocks(self.home_run)
+        self._refs = RefCounter(is_mountpoint, self.home_run)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._closed = False
@@ -290,8 +290,9 @@ class DeviceMapperDriver(NaiveDiff, Driver):
             if record is None:
                 raise LayerNotFound(f"layer {id!r} does not exist")
             mountpoint = self.mnt / id
-            if self._refs.count(str(mountpoint)):
-                raise LayerInUse(f"layer {id!r} is mounted; unmount it before removing it")
+            busy = self._refs.in_use(str(mountpoint))
+            if busy:
+                raise LayerInUse(f"layer {id!r} is {busy}; unmount it before removing it")
             if is_mountpoint(mountpoint):
                 # mounted, but not by this driver: left by a process that died (its mount
                 # outlives it in a shared namespace); detach it so the device can go
@@ -302,6 +303,7 @@ class DeviceMapperDriver(NaiveDiff, Driver):
                 os.rmdir(mountpoint)
             except OSError:
                 pass
+            self.home_run.forget_lock(id)
 
     def mount(self, id: str, mount_label: str = "") -> pathlib.Path:
         check_id(id)
@@ -312,8 +314,9 @@ class DeviceMapperDriver(NaiveDiff, Driver):
                 raise LayerNotFound(f"layer {id!r} does not exist")
             mountpoint = self.mnt / id
             rootfs = mountpoint / "rootfs"
-            if self._refs.increment(str(mountpoint)) > 1:
-                return rootfs
+            if self._refs.increment(str(mountpoint)) > 1 or (
+                    self._refs.others(str(mountpoint)) and is_mountpoint(mountpoint)):
+                return rootfs   # mounted already, here or by another live process
             try:
                 self._mount_device(id, record, mountpoint, mount_label)
                 if not rootfs.exists():
@@ -336,7 +339,7 @@ class DeviceMapperDriver(NaiveDiff, Driver):
             if self.store.layer(id) is None:
                 raise LayerNotFound(f"layer {id!r} does not exist")
             mountpoint = self.mnt / id
-            if self._refs.decrement(str(mountpoint)) > 0:
+            if self._refs.decrement(str(mountpoint)) > 0 or self._refs.others(str(mountpoint)):
                 return
             self._unmount_device(id, mountpoint)
 
@@ -596,7 +599,7 @@ class DeviceMapperDriver(NaiveDiff, Driver):
             # while the CLI resizes) may use the same pool
             for path in sorted(self._refs.paths(), key=len, reverse=True):
                 self._refs.forget(path)
-                if is_mountpoint(path):
+                if is_mountpoint(path) and not self._refs.others(path):
                     try:
                         umount(path, retries=3)
                     except OSError:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import os
 import pathlib
 from dataclasses import dataclass
 from typing import BinaryIO, Mapping
 
+from .holds import HomeRun
 from .options import Option
 
 
@@ -39,6 +41,17 @@ class Driver(abc.ABC):
 
     def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None):
         self.home = pathlib.Path(home)
+
+    @functools.cached_property
+    def home_run(self) -> HomeRun:
+        """The home's run directory: mount holds and id locks shared by its processes."""
+        return HomeRun(self.home)
+
+    def release(self) -> None:
+        """Let go of this instance without unmounting anything, as if its process ended:
+        another instance or process adopts its mounts (a server handing over to the next).
+        Do not use the instance afterwards."""
+        self.home_run.release_all()
 
     @classmethod
     def probe(cls, home: pathlib.Path) -> None:

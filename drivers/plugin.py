@@ -319,6 +319,8 @@ class PluginServer:
         # Mounted layers stay mounted: running containers use them, and the next plugin
         # process (or dockerd's Cleanup) takes over. Only Cleanup unmounts.
         self.http.close(grace)
+        if self.plugin._driver is not None:
+            self.plugin._driver.release()   # the next server adopts the mounts
 
 
 def _setup_logging() -> None:

@@ -50,8 +50,8 @@ class VfsDriver(NaiveDiff, Driver):
         self._tmp = self.home / "tmp"
         for path in (self._dir, self._meta, self._tmp):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._refs = RefCounter(lambda _path: False)   # nothing is ever really mounted
-        self._locks = IdLocks()
+        self._refs = RefCounter(lambda _path: False, self.home_run)   # never a real mount
+        self._locks = IdLocks(self.home_run)
         self._quota = None
         self._quota_reason = ""
         self._recover()
@@ -161,9 +161,9 @@ class VfsDriver(NaiveDiff, Driver):
     def remove(self, id: str) -> None:
         with self._locks.hold(check_id(id)):
             path = self._require(id)
-            if self._refs.count(str(path)):
-                raise LayerInUse(f"layer {id} is mounted ({self._refs.count(str(path))} "
-                                 "references); unmount it first")
+            busy = self._refs.in_use(str(path))
+            if busy:
+                raise LayerInUse(f"layer {id} is {busy}; unmount it first")
             children = self._children(id)
             if children:
                 # a child is a full copy, but its diff and changes compare with this layer
@@ -180,6 +180,7 @@ class VfsDriver(NaiveDiff, Driver):
                 pass
             faults.point("vfs.remove.after_meta")
             _rmtree(doomed)
+            self.home_run.forget_lock(id)
 
     def mount(self, id: str, mount_label: str = "") -> pathlib.Path:
         with self._locks.hold(check_id(id)):

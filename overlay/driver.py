@@ -137,8 +137,8 @@ class Overlay2Driver(NaiveDiff, Driver):
             raise InvalidOption(f"overlay2.size: {self._quota_reason}")
 
         (self.home / LINK_DIR).mkdir(mode=0o700, exist_ok=True)
-        self._locks = IdLocks()
-        self._refs = RefCounter(self._is_mounted)
+        self._locks = IdLocks(self.home_run)
+        self._refs = RefCounter(self._is_mounted, self.home_run)
         self._parent_of: dict[str, str | None] = {}
         self._adopted: set[str] = set()
         self._recover()
@@ -311,10 +311,9 @@ class Overlay2Driver(NaiveDiff, Driver):
         with self._locks.hold(self._check(id)):
             layer = self._dir(id)
             merged = layer / "merged"
-            held = self._refs.count(str(merged)) + self._refs.count(str(layer / "diff"))
-            if held:
-                raise LayerInUse(f"layer {id!r} is mounted ({held} reference(s)); unmount it "
-                                 "before removing it")
+            busy = self._refs.in_use(str(merged), str(layer / "diff"))
+            if busy:
+                raise LayerInUse(f"layer {id!r} is {busy}; unmount it before removing it")
             children = sorted(c for c, p in self._parent_of.items() if p == id)
             if children:
                 raise LayerInUse(f"layer {id!r} has child layers ({', '.join(children[:5])}"
@@ -337,6 +336,7 @@ class Overlay2Driver(NaiveDiff, Driver):
             except OSError:
                 _mount.unmount_all_under(trash)
                 shutil.rmtree(trash, ignore_errors=True)
+            self.home_run.forget_lock(id)
 
     def _drop_mount(self, merged: Path) -> None:
         try:
@@ -363,7 +363,7 @@ class Overlay2Driver(NaiveDiff, Driver):
             # unmount it from cleanup()
             if self._refs.count(key) == 0 and self._is_mounted(key):
                 self._adopted.add(key)
-            if self._refs.increment(key) > 1:
+            if self._refs.increment(key) > 1 or key in self._adopted:
                 return merged
             try:
                 merged.mkdir(mode=0o700, exist_ok=True)
@@ -404,7 +404,8 @@ class Overlay2Driver(NaiveDiff, Driver):
             if self._refs.decrement(str(merged)) > 0:
                 return
             self._adopted.discard(str(merged))
-            self._drop_mount(merged)
+            if not self._refs.others(str(merged)):   # another live process still uses it
+                self._drop_mount(merged)
 
     def exists(self, id: str) -> bool:
         return is_valid_id(id) and self._path(id).is_dir()
@@ -460,7 +461,7 @@ class Overlay2Driver(NaiveDiff, Driver):
             self._refs.forget(path)
             if path in self._adopted:
                 self._adopted.discard(path)
-            elif path.endswith("/merged"):
+            elif path.endswith("/merged") and not self._refs.others(path):
                 self._drop_mount(Path(path))
 
     # -- diffs --------------------------------------------------------------

@@ -71,30 +71,61 @@ def test_status_names_method_and_depth(ovl, method):
         assert "mount(2)" in status["Mount Method"] and status["Max Depth"] == "128"
 
 
-def test_reload_sees_layers_and_adopts_a_live_mount(ovl, method):
+MOUNT_AND_DIE = r"""
+import os, sys
+from graphdrivers.overlay.driver import Overlay2Driver
+Overlay2Driver(sys.argv[1], mount_method=sys.argv[2]).mount(sys.argv[3])
+os._exit(0)   # ends without unmounting, as a crashed process does
+"""
+
+
+def mount_in_a_process_that_dies(home, method, layer):
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-c", MOUNT_AND_DIE, str(home), method, layer],
+                   check=True, timeout=60)
+    return home / layer / "merged"
+
+
+def test_reload_sees_layers_and_shares_a_live_mount(ovl, method):
     ovl.create("base")
     (ovl.home / "base/diff/f").write_text("x")
     ovl.create("c", "base", rw=True)
     root = ovl.mount("c")
-    # a second process (same home) sees everything and can unmount what the first left
+    # a second instance (same home) sees everything and shares the live mount
     again = open_driver(ovl.home, method)
     try:
         assert again.layers() == ["base", "c"]
         assert again.parent("c") == "base"
-        assert (again.mount("c") / "f").read_text() == "x"   # adopts the mount
+        assert (again.mount("c") / "f").read_text() == "x"
+        assert len([m for m in _mount.mountinfo() if m.mountpoint == str(root)]) == 1
         again.unmount("c")
-        again.unmount("c")
-        assert not _mount.is_mountpoint(root)
+        assert _mount.is_mountpoint(root)   # the first instance still holds it
     finally:
         again.cleanup()
+    assert _mount.is_mountpoint(root)
+    ovl.unmount("c")
+    assert not _mount.is_mountpoint(root)
+
+
+def test_reload_adopts_the_mount_of_an_ended_process(ovl, method):
+    ovl.create("base")
+    (ovl.home / "base/diff/f").write_text("x")
+    ovl.create("c", "base", rw=True)
+    root = mount_in_a_process_that_dies(ovl.home, method, "c")
+    assert _mount.is_mountpoint(root)
+    assert (ovl.mount("c") / "f").read_text() == "x"   # adopts it: count 1 + this mount
+    ovl.unmount("c")
+    ovl.unmount("c")
+    assert not _mount.is_mountpoint(root)
 
 
 def test_remove_unmounts_a_stale_mount(ovl, method):
     ovl.create("base")
     ovl.create("c", "base", rw=True)
-    root = ovl.mount("c")
+    root = mount_in_a_process_that_dies(ovl.home, method, "c")
     (root / "f").write_text("x")
-    # the first process "crashed" without unmounting; a new one removes the layer
+    # the first process crashed without unmounting; a new one removes the layer
     fresh = open_driver(ovl.home, method)
     try:
         fresh.remove("c")

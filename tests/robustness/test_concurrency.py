@@ -2,10 +2,11 @@
 home, and the plugin server under 100 concurrent requests.
 
 What the drivers promise: a driver object is safe to share between threads
-(per-id locks, a locked refcounter). Several processes on one home are not
-promised anything by DESIGN.md (Docker runs one daemon per home); what works
-today is tested here — disjoint layers over shared parents, each process
-cleaning up only after all are done — and the gaps are tested as xfail.
+(per-id locks, a locked refcounter). Several processes (or driver instances) on
+one home share the mount holds and id locks of graphdrivers.holds: a layer that
+a live process holds mounted is neither removed nor unmounted by another, and a
+dead process's holds are reclaimed. Tested here: disjoint layers over shared
+parents from several processes, and removal against another holder.
 """
 from __future__ import annotations
 
@@ -148,13 +149,9 @@ def test_processes_long(driver_name, driver, home_and_options, tmp_path):
     _processes(driver_name, driver, home, options, N_SLOW, tmp_path)
 
 
-# -- gaps: two driver objects on one home stand for two processes -----------------
-# Refcounts live in each process, so one process cannot see another's mounts.
-# DESIGN.md promises nothing here (one engine per home, as Docker); these
-# document what goes wrong, and turn into passes (strict xfail: a failure to
-# fail is reported) when a driver learns to share its counts.
+# -- two driver objects on one home stand for two processes ------------------------
 
-def test_gap_cleanup_unmounts_another_process_layer(driver_name, driver, home_and_options):
+def test_cleanup_spares_another_holder_layer(driver_name, driver, home_and_options):
     _single_process_only(driver_name)
     home, options = home_and_options
     workload.make_parents(driver)
@@ -164,30 +161,66 @@ def test_gap_cleanup_unmounts_another_process_layer(driver_name, driver, home_an
         other.mount("p2")
         other.unmount("p2")
         other.cleanup()              # the other process ends
-        files = workload.tree_files(root)
-        if driver_name == "overlay2" and files != workload.parent_files("p2"):
-            pytest.xfail("overlay2 cleanup() unmounts every merged/ under the home, "
-                         "including layers another live process has mounted")
-        assert files == workload.parent_files("p2")
+        assert workload.tree_files(root) == workload.parent_files("p2")
     finally:
         driver.unmount("p2")
 
 
-@pytest.mark.xfail(strict=True, reason="a layer mounted by another process can be removed: "
-                   "mount refcounts are per process (as in Docker, one daemon per home)")
-def test_gap_remove_layer_mounted_by_another_process(driver_name, driver, home_and_options):
+def test_remove_refused_while_another_instance_holds_the_mount(driver_name, driver,
+                                                               home_and_options):
     _single_process_only(driver_name)
     home, options = home_and_options
     driver.create("busy", rw=True)
     driver.mount("busy")
     other = graphdrivers.load(driver_name, home, options)
     try:
-        with pytest.raises(graphdrivers.errors.LayerInUse):
+        with pytest.raises(graphdrivers.errors.LayerInUse, match="mounted by process"):
             other.remove("busy")
+        other.mount("busy")
+        driver.unmount("busy")          # the other instance still uses it: stays mounted
+        assert (other.mount("busy") / ".").is_dir()
+        other.unmount("busy")
     finally:
         other.cleanup()
-        if driver.exists("busy"):
-            driver.unmount("busy")
+    driver.remove("busy")
+    assert not driver.exists("busy")
+
+
+HOLDER = r"""
+import json, sys, time
+import graphdrivers
+home, options, name = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+driver = graphdrivers.load(name, home, options)
+root = driver.mount("busy")
+(root / "from-holder").write_text("held")
+print("mounted", flush=True)
+time.sleep(600)
+"""
+
+
+def test_remove_refused_while_another_process_holds_the_mount(driver_name, driver,
+                                                              home_and_options):
+    """A live process's mount pins the layer; once it is killed, its hold is reclaimed."""
+    _single_process_only(driver_name)
+    home, options = home_and_options
+    driver.create("busy", rw=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home), json.dumps(options),
+                               driver_name], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mounted"
+        with pytest.raises(graphdrivers.errors.LayerInUse, match=str(holder.pid)):
+            driver.remove("busy")
+        assert driver.exists("busy")
+        root = driver.mount("busy")     # shares the holder's mount, never stacks a second one
+        assert (root / "from-holder").read_text() == "held"
+        driver.unmount("busy")
+        assert (root / "from-holder").read_text() == "held"   # still the holder's
+    finally:
+        holder.kill()
+        holder.wait()
+    driver.remove("busy")               # a dead process's hold does not pin the layer
+    assert not driver.exists("busy")
+    assert mounts_under(home) == []
 
 
 # -- the plugin server -------------------------------------------------------------

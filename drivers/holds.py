@@ -1,0 +1,174 @@
+"""Who holds what, across every process that uses one home: mount holds and id locks.
+
+Mount counts live in each process's memory (refcount.py); this module makes
+them visible to the other processes on the same home, so that none of them
+removes or unmounts a layer that a live process still has mounted, and it
+serialises the operations on one layer id across processes.
+
+Layout, under a run directory that only lives as long as this boot:
+
+    /run/graphdrivers/<boot id>/<home dev>-<home inode>/
+        holds/<mount key>@<pid>-<start time>-<n>   driver instance n holds that mount
+        locks/<layer id>                        flock(2) target of that id
+
+A hold whose process is gone (or whose pid was reused: the start time differs)
+is stale and removed by whoever finds it, so a crashed process never pins a
+layer. Nothing here is flushed: the files describe running processes, which a
+power cut ends too. ``GRAPHDRIVERS_RUN_DIR`` moves the root (default
+``/run/graphdrivers``).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+from pathlib import Path
+from typing import Iterator
+
+_SEP = "@"
+_instances = itertools.count(1)
+
+
+def _run_root() -> Path:
+    return Path(os.environ.get("GRAPHDRIVERS_RUN_DIR") or "/run/graphdrivers")
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "boot"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (None: no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()[19].decode()   # field 22 of proc(5)
+
+
+def _alive(owner: str) -> bool:
+    pid, started, _ = (owner.split("-") + ["", ""])[:3]
+    return pid.isdigit() and _start_time(int(pid)) == started
+
+
+class HomeRun:
+    """The run directory of one driver home."""
+
+    def __init__(self, home: str | os.PathLike):
+        self.home = os.path.abspath(home)
+        st = os.stat(self.home)
+        self.dir = _run_root() / _boot_id() / f"{st.st_dev}-{st.st_ino}"
+        # plain strings on the hot paths: pathlib costs more than the syscalls here
+        self._holds = str(self.dir / "holds")
+        self._locks = str(self.dir / "locks")
+        self._prefix = self.home.rstrip("/") + "/"
+        self._owner: tuple[int, str] | None = None
+
+    # -- identity ------------------------------------------------------------
+    def owner(self) -> str:
+        """``<pid>-<start time>-<instance>``: this driver instance (two instances in one
+        process hold separately, as two processes do); recomputed after a fork."""
+        pid = os.getpid()
+        if self._owner is None or self._owner[0] != pid:
+            self._owner = (pid, f"{pid}-{_start_time(pid)}-{next(_instances)}")
+        return self._owner[1]
+
+    # -- mount holds -----------------------------------------------------------
+    def _key(self, path: str) -> str:
+        relative = path[len(self._prefix):] if path.startswith(self._prefix) else path
+        return relative.replace("%", "%25").replace("/", "%2F")
+
+    def set_hold(self, path: str, count: int) -> None:
+        """Publish whether this instance holds the mount at ``path`` (count 0 withdraws it).
+
+        Only the 0 <-> 1 transitions touch the disk: the file's existence is the hold,
+        the count itself stays in the instance's memory."""
+        name = f"{self._holds}/{self._key(path)}{_SEP}{self.owner()}"
+        if count <= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        elif count == 1:
+            try:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            except FileNotFoundError:   # the first hold on this home (or the dir was cleared)
+                os.makedirs(self._holds, mode=0o700, exist_ok=True)
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+    def other_holders(self, path: str) -> list[int]:
+        """Pids of the other live processes that hold the mount at ``path``."""
+        prefix = f"{self._key(path)}{_SEP}"
+        me = self.owner()
+        try:
+            names = os.listdir(self._holds)
+        except FileNotFoundError:
+            return []
+        holders = []
+        for name in names:
+            if not name.startswith(prefix):
+                continue
+            owner = name[len(prefix):]
+            if owner == me:
+                continue
+            if _alive(owner):
+                holders.append(int(owner.partition("-")[0]))
+            else:   # its process ended without releasing it: reclaim
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self._holds}/{name}")
+        return sorted(holders)
+
+    def release_all(self) -> None:
+        """Withdraw every hold of this instance, as the end of its process would."""
+        suffix = f"{_SEP}{self.owner()}"
+        try:
+            names = os.listdir(self._holds)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(suffix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self._holds}/{name}")
+
+    # -- id locks --------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, layer_id: str) -> Iterator[None]:
+        """Hold the cross-process lock of ``layer_id`` (an exclusive flock)."""
+        path = f"{self._locks}/{layer_id}"
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                os.makedirs(self._locks, mode=0o700, exist_ok=True)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # a remover may have unlinked the file while we waited: lock the new one
+                if _same_file(fd, path):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def forget_lock(self, layer_id: str) -> None:
+        """Drop the lock file of a removed layer; call it while holding that lock."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{self._locks}/{layer_id}")
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
