@@ -199,6 +199,18 @@ class Overlay2Driver(NaiveDiff, Driver):
             if self._quota is not None:
                 self._quota.note_existing(layer)
 
+    def _children(self, id: str) -> list[str]:
+        """The layers on ``id`` as the disk has them now: another process may have made
+        or removed some since this one loaded (its create holds ``id``'s lock, as we do)."""
+        present = {layer_id_of(p.name): p for p in self._layer_dirs()}
+        for gone in set(self._parent_of) - present.keys():
+            self._parent_of.pop(gone, None)
+        for layer_id, path in present.items():
+            if layer_id not in self._parent_of:
+                lowers = read_lowers(path)
+                self._parent_of[layer_id] = id_of_link(self.home, lowers[0]) if lowers else None
+        return sorted(c for c, p in list(self._parent_of.items()) if p == id)
+
     def _layer_dirs(self) -> list[Path]:
         return [Path(e.path) for e in os.scandir(self.home)
                 if e.name != LINK_DIR and is_valid_id(layer_id_of(e.name))
@@ -314,7 +326,7 @@ class Overlay2Driver(NaiveDiff, Driver):
             busy = self._refs.in_use(str(merged), str(layer / "diff"))
             if busy:
                 raise LayerInUse(f"layer {id!r} is {busy}; unmount it before removing it")
-            children = sorted(c for c, p in self._parent_of.items() if p == id)
+            children = self._children(id)
             if children:
                 raise LayerInUse(f"layer {id!r} has child layers ({', '.join(children[:5])}"
                                  f"{', ...' if len(children) > 5 else ''}); remove them first")
