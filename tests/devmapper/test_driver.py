@@ -11,7 +11,7 @@ import pytest
 import graphdrivers
 from graphdrivers.errors import InvalidOption, LayerInUse, LayerNotFound, NoSpace
 
-from backends.devicemapper import SMALL_POOL, backend
+from backends.devicemapper import SMALL_POOL, backend, without_loop_sizes
 
 pytestmark = pytest.mark.devicemapper
 
@@ -184,8 +184,11 @@ def test_restart_with_bigger_loopdatasize_grows_pool(env):
         assert st["data_total"] == 3 << 30 and st["metadata_total"] == 96 << 20
         assert (d.mount("a") / "f").read_text() == "f"
         d.unmount("a")
-    # a smaller size later never shrinks the files
-    with loaded(home, options) as d:
+    # a smaller size later is a shrink: refused, nothing changed; without sizes the pool
+    # keeps what it was grown to
+    with pytest.raises(InvalidOption, match="shrink"):
+        graphdrivers.load("devicemapper", home, options)
+    with loaded(home, without_loop_sizes(options)) as d:
         assert d.pool_status()["data_total"] == 3 << 30
 
 
