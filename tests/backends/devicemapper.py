@@ -65,7 +65,10 @@ def teardown(root: Path, keep: set[str]) -> None:
                 time.sleep(0.1)
     prefix = os.path.realpath(root)
     for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
-        backing = entry.read_text().strip()
+        try:
+            backing = entry.read_text().strip()
+        except OSError:   # detached meanwhile (autoclear runs asynchronously)
+            continue
         if backing.startswith(prefix + "/"):
             try:
                 loopback.detach("/dev/" + entry.parts[3])
