@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from graphdrivers import loopback, mount
+from graphdrivers.kernel import loop as loopback
+from graphdrivers.kernel import mount
 
 KINDS = ("loop", "loop-dio", "block")
 ZRAM_CONTROL = Path("/sys/class/zram-control")

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import graphdrivers
-from graphdrivers.mount import mount, umount
+from graphdrivers.kernel.mount import mount, umount
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from backends.devicemapper import backend  # noqa: E402

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from graphdrivers import loopback
+from graphdrivers.kernel import loop as loopback
 from graphdrivers.devmapper import dm, thin
-from graphdrivers.mount import mount, umount, unmount_all_under
+from graphdrivers.kernel.mount import mount, umount, unmount_all_under
 
 REASON = dm.available()
 pytestmark = [pytest.mark.devicemapper,

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from graphdrivers import mount as mnt
+from graphdrivers.kernel import mount as mnt
 from graphdrivers.archive import apply_tar, export_tree
-from graphdrivers.archive_copy import copy_tree
+from graphdrivers.vfs.copy import copy_tree
 
 CACHE = Path(os.environ.get("GRAPHDRIVERS_BENCH_DIR", "/var/tmp/graphdrivers-bench"))
 GNU = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*"]

@@ -19,18 +19,19 @@ import pathlib
 import threading
 from typing import BinaryIO, Iterator, Mapping
 
-from graphdrivers import faults, fsinfo
+from graphdrivers import faults
+from graphdrivers.kernel import statfs as fsinfo
 from graphdrivers.archive import export_changes
-from graphdrivers.atomicfile import read_json, remove_stale_temps, write_atomic, write_json
+from graphdrivers.store.atomicfile import read_json, remove_stale_temps, write_atomic, write_json
 from graphdrivers.changes import changes_size
 from graphdrivers.driver import Change, Driver
 from graphdrivers.errors import (DriverError, InvalidOption, LayerExists, LayerInUse,
                                  LayerNotFound, NoSpace, NotSupported)
 from graphdrivers.layerid import check_id, is_valid_id
-from graphdrivers.locks import IdLocks
+from graphdrivers.store.locks import IdLocks
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_bool, parse_options, parse_size
-from graphdrivers.refcount import RefCounter
+from graphdrivers.store.refcount import RefCounter
 
 from . import quota, subvol
 

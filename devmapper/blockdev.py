@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from graphdrivers.errors import InvalidOption
-from graphdrivers.mount import mountinfo
+from graphdrivers.kernel.mount import mountinfo
 
 
 def device_numbers(path: str) -> tuple[int, int]:

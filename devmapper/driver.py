@@ -25,11 +25,11 @@ from graphdrivers.driver import Driver
 from graphdrivers.errors import (DriverError, InvalidOption, LayerExists, LayerInUse,
                                  LayerNotFound, NoSpace, NotSupported)
 from graphdrivers.layerid import check_id
-from graphdrivers.locks import IdLocks
-from graphdrivers.mount import MNT_DETACH, is_mountpoint, umount
+from graphdrivers.store.locks import IdLocks
+from graphdrivers.kernel.mount import MNT_DETACH, is_mountpoint, umount
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import format_size, parse_options
-from graphdrivers.refcount import RefCounter
+from graphdrivers.store.refcount import RefCounter
 
 from . import dm, faults, filesystem
 from .config import LAYER_OPTIONS, OPTIONS, Config, parse_config

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from graphdrivers.errors import DriverError
-from graphdrivers import mount as _mount
+from graphdrivers.kernel import mount as _mount
 
 BLKGETSIZE64 = 0x80081272
 BLKDISCARD = 0x1277

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from graphdrivers.atomicfile import write_json
+from graphdrivers.store.atomicfile import write_json
 from graphdrivers.errors import DriverError, InvalidOption, NotSupported
 
 from . import blockdev, dm

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from graphdrivers.atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
+from graphdrivers.store.atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
 from graphdrivers.errors import DriverError, NoSpace
 
 MAX_DEVICE_ID = 0xFFFFFF  # dm-thin device ids are 24 bits

@@ -11,8 +11,8 @@ import logging
 import os
 from pathlib import Path
 
-from graphdrivers import loopback
-from graphdrivers.atomicfile import fsync_dir
+from graphdrivers.kernel import loop as loopback
+from graphdrivers.store.atomicfile import fsync_dir
 from graphdrivers.errors import DriverError, InvalidOption, NoSpace, NotSupported
 
 from . import blockdev, dm, faults

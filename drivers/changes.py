@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 
-from .driver import Change, ChangeKind
+from graphdrivers.driver import Change, ChangeKind
 
 _CAP = "security.capability"
 

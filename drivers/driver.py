@@ -9,8 +9,8 @@ import pathlib
 from dataclasses import dataclass
 from typing import BinaryIO, Mapping
 
-from .holds import HomeRun
-from .options import Option
+from graphdrivers.store.holds import HomeRun
+from graphdrivers.options import Option
 
 
 class ChangeKind(enum.IntEnum):

@@ -1,7 +1,7 @@
 """Layer id validation: ids become path components, so they are checked everywhere."""
 import re
 
-from .errors import InvalidLayerId
+from graphdrivers.errors import InvalidLayerId
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 

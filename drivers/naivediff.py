@@ -10,11 +10,11 @@ from __future__ import annotations
 import pathlib
 from typing import BinaryIO, Callable
 
-from .archive import PLAIN, WhiteoutFormat, apply_tar, export_changes, export_tree
-from .changes import changes_size, compare_trees
-from .driver import Change
-from .errors import LayerNotFound
-from .layerid import check_id
+from graphdrivers.archive import PLAIN, WhiteoutFormat, apply_tar, export_changes, export_tree
+from graphdrivers.changes import changes_size, compare_trees
+from graphdrivers.driver import Change
+from graphdrivers.errors import LayerNotFound
+from graphdrivers.layerid import check_id
 
 
 class NaiveDiff:

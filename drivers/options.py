@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import InvalidOption
+from graphdrivers.errors import InvalidOption
 
 # go-units: a number, one optional space, then "", "b", or a unit with optional "b"/"ib"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?) ?(?:([kmgtp])(?:i?b)?|b)?\s*$", re.IGNORECASE)

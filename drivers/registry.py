@@ -9,8 +9,8 @@ import os
 import pathlib
 from typing import Mapping
 
-from .driver import Driver
-from .errors import DriverError, NotSupported
+from graphdrivers.driver import Driver
+from graphdrivers.errors import DriverError, NotSupported
 
 NAMESPACE = "graphdrivers.drivers"
 

@@ -26,21 +26,24 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Mapping
 
-from graphdrivers import faults, fsinfo
-from graphdrivers import mount as _mount
+from graphdrivers import faults
+from graphdrivers.kernel import statfs as fsinfo
+from graphdrivers.kernel import mount as _mount
 from graphdrivers.archive import apply_tar, export_tree
-from graphdrivers.atomicfile import fsync_dir
+from graphdrivers.store.atomicfile import fsync_dir
 from graphdrivers.driver import Change, Driver
 from graphdrivers.errors import (DriverError, InvalidOption, LayerExists,
                                  LayerInUse, LayerNotFound, NoSpace, NotSupported)
 from graphdrivers.layerid import check_id, is_valid_id
-from graphdrivers.locks import IdLocks
+from graphdrivers.store.locks import IdLocks
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_options, parse_size
-from graphdrivers.refcount import RefCounter
+from graphdrivers.store.refcount import RefCounter
 
 from . import diff as _diff
-from . import mountapi, probe, quota
+from graphdrivers.kernel import projquota as quota
+
+from . import mountapi, probe
 from .apply import MERGED, UpperDir
 from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name, read_lowers,
                      read_text)

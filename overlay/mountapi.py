@@ -19,7 +19,7 @@ import shutil
 import threading
 from typing import Callable, Sequence, TypeVar
 
-from graphdrivers import mount as _mount
+from graphdrivers.kernel import mount as _mount
 
 T = TypeVar("T")
 

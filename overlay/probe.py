@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from graphdrivers import fsinfo
-from graphdrivers import mount as _mount
+from graphdrivers.kernel import statfs as fsinfo
+from graphdrivers.kernel import mount as _mount
 from graphdrivers.errors import NotSupported
-from graphdrivers.fsinfo import fs_name
+from graphdrivers.kernel.statfs import fs_name
 
 from .whiteout import METACOPY_XATTR, OPAQUE_XATTR, REDIRECT_XATTR, has_xattr, is_opaque
 

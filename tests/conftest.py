@@ -90,7 +90,7 @@ def _reclaim(tmp_path: Path) -> None:
     """Delete a finished test's files (pool images, layers): pytest keeps every
     tmp_path of a session, which fills the VM's tmpfs after a few dozen pools.
     Only when nothing is mounted below any more, so no mounted data is touched."""
-    from graphdrivers.mount import mounts_under
+    from graphdrivers.kernel.mount import mounts_under
     if mounts_under(tmp_path):
         return
     for entry in tmp_path.iterdir():

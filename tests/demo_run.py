@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from graphdrivers import loopback
-from graphdrivers.mount import mounts_under
+from graphdrivers.kernel import loop as loopback
+from graphdrivers.kernel.mount import mounts_under
 
 DEMO = Path(__file__).resolve().parent.parent / "scripts" / "demo"
 

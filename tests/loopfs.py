@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from graphdrivers import loopback, mount
+from graphdrivers.kernel import loop as loopback
+from graphdrivers.kernel import mount
 
 HINTS = {"xfs": "project quotas need CONFIG_XFS_QUOTA; Debian's kernel has it "
                 "(scripts/vm-test runs these tests there)"}

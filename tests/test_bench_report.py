@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from graphdrivers import bench, bench_report
+from graphdrivers.benchmarking import runner as bench
+from graphdrivers.benchmarking import report as bench_report
 
 
 def _bench(name: str, driver: str, medium: str, median: float, fio: list[dict] | None = None) -> dict:

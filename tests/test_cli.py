@@ -20,7 +20,7 @@ import pytest
 
 import graphdrivers
 from conftest import driver_home, driver_names
-from graphdrivers.mount import is_mountpoint, unmount_all_under
+from graphdrivers.kernel.mount import is_mountpoint, unmount_all_under
 
 CLI = [sys.executable, "-m", "graphdrivers.cli"]
 
@@ -112,7 +112,7 @@ def test_help_does_not_import_drivers():
     code = ("import sys, graphdrivers.cli as c\n"
             "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('stevedore', 'graphdrivers.vfs', 'tarfile', "
-            "'graphdrivers.plugin') if m in sys.modules]\n"
+            "'graphdrivers.servers.docker_plugin') if m in sys.modules]\n"
             "sys.stderr.write(repr(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert result.stderr.decode() == "[]"
@@ -254,7 +254,7 @@ def test_apply_shows_no_progress_in_a_pipe(vfs, tmp_path):
 def test_progress_draws_on_a_terminal_only():
     import io
 
-    from graphdrivers.progress import Progress, ProgressReader
+    from graphdrivers.cli.progress import Progress, ProgressReader
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -317,9 +317,9 @@ def test_pool_commands_need_devicemapper(vfs, home):
 
 def test_bench_delegates_or_explains():
     import importlib.util
-    if importlib.util.find_spec("graphdrivers.bench") is not None:
-        pytest.skip("graphdrivers.bench is installed; its own tests cover it")
-    assert_one_line_error(run("bench", "--anything", check=False), "graphdrivers.bench")
+    if importlib.util.find_spec("graphdrivers.benchmarking.runner") is not None:
+        pytest.skip("graphdrivers.benchmarking.runner is installed; its own tests cover it")
+    assert_one_line_error(run("bench", "--anything", check=False), "graphdrivers.benchmarking.runner")
 
 
 def test_usage_errors_exit_2(vfs):
@@ -345,7 +345,7 @@ def test_operation_errors_exit_1(vfs, home):
 
 def test_drivers_checks_overlay2_for_real(tmp_path):
     """A home on overlayfs cannot host overlay2: `drivers` says so, as load() does."""
-    from graphdrivers.mount import mount, umount
+    from graphdrivers.kernel.mount import mount, umount
     for name in ("lower", "upper", "work", "merged"):
         (tmp_path / name).mkdir()
     try:

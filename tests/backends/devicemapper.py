@@ -41,9 +41,9 @@ def backend(tmp_path: Path, options: dict | None = None):
 
 def teardown(root: Path, keep: set[str]) -> None:
     """Remove what a test under ``root`` left: mounts, dm devices (not in ``keep``), loops."""
-    from graphdrivers import loopback
+    from graphdrivers.kernel import loop as loopback
     from graphdrivers.devmapper import dm
-    from graphdrivers.mount import MNT_DETACH, mounts_under, umount
+    from graphdrivers.kernel.mount import MNT_DETACH, mounts_under, umount
     for target in mounts_under(root):
         try:
             umount(target, retries=3)

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 import graphdrivers
-from graphdrivers import fsinfo
+from graphdrivers.kernel import statfs as fsinfo
 from graphdrivers.btrfs import subvol
 from graphdrivers.errors import LayerNotFound, NotSupported
 

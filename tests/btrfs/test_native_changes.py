@@ -7,7 +7,6 @@ the naive path with ``btrfs.native_diff=false``.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import stat

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import graphdrivers
-from graphdrivers.mount import MNT_DETACH, mounts_under, umount
+from graphdrivers.kernel.mount import MNT_DETACH, mounts_under, umount
 
 from .helpers import TarBuilder, build_rich_tree, content, mounted, snapshot, write, xattrs_supported
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from graphdrivers import loopback
+from graphdrivers.kernel import loop as loopback
 from graphdrivers.devmapper import dm, thin
-from graphdrivers.mount import mount, unmount_all_under, umount
+from graphdrivers.kernel.mount import mount, unmount_all_under, umount
 
 REASON = dm.available()
 

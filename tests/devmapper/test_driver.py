@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 
@@ -11,7 +10,7 @@ import pytest
 import graphdrivers
 from graphdrivers.errors import InvalidOption, LayerInUse, LayerNotFound, NoSpace
 
-from backends.devicemapper import SMALL_POOL, backend, without_loop_sizes
+from backends.devicemapper import backend, without_loop_sizes
 
 pytestmark = pytest.mark.devicemapper
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import graphdrivers
-from graphdrivers import loopback
+from graphdrivers.kernel import loop as loopback
 from graphdrivers.errors import InvalidOption, NoSpace
 
 from backends.devicemapper import backend, require_dm, teardown, without_loop_sizes

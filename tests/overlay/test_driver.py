@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from graphdrivers import mount as _mount
+from graphdrivers.kernel import mount as _mount
 from graphdrivers.errors import InvalidOption, LayerInUse, LayerNotFound
 from graphdrivers.overlay.driver import DepthExceeded, Overlay2Driver
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import graphdrivers
-from graphdrivers.plugin import PluginServer
+from graphdrivers.servers.docker_plugin import PluginServer
 
 from plugin.plugin_client import Client, running
 

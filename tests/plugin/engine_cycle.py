@@ -141,7 +141,7 @@ class HostTraces:
 
 def unmount_under(path: Path) -> None:
     """Undo mounts dockerd (or a driver) left below ``path``, deepest first."""
-    from graphdrivers import mount
+    from graphdrivers.kernel import mount
     mount.unmount_all_under(path)
 
 

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from graphdrivers.plugin import PluginServer
+from graphdrivers.servers.docker_plugin import PluginServer
 
 ACCEPT = "application/vnd.docker.plugins.v1.2+json"   # what dockerd 20.10 sends
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from graphdrivers.errors import DriverError
-from graphdrivers.plugin_http import BodyError, ChunkedReader, LengthReader, UnixHTTPServer
+from graphdrivers.servers.http import BodyError, ChunkedReader, LengthReader, UnixHTTPServer
 
 from plugin.plugin_client import Client, UnixHTTPConnection  # noqa: F401  (tests/plugin/conftest.py)
 

@@ -20,7 +20,7 @@ from plugin.plugin_client import Client
 L1 = "1" * 64
 C1 = "2" * 64
 
-SERVE = ("import sys; from graphdrivers.plugin import serve; "
+SERVE = ("import sys; from graphdrivers.servers.docker_plugin import serve; "
          "serve(sys.argv[1], None, {}, sys.argv[2], state_dir=sys.argv[3])")
 
 

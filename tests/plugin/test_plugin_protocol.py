@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from graphdrivers.atomicfile import read_json
-from graphdrivers.plugin import PluginServer, plugin_name
+from graphdrivers.store.atomicfile import read_json
+from graphdrivers.servers.docker_plugin import PluginServer, plugin_name
 
-from plugin.plugin_client import ACCEPT, Client, running
+from plugin.plugin_client import Client, running
 
 L1 = "a" * 64
 L2 = "b" * 64
@@ -297,12 +297,12 @@ def test_explicit_home_wins_over_init_home(plugin_driver, plugin_env, tmp_path):
 
 
 def test_every_request_is_logged_at_debug(client, caplog):
-    caplog.set_level(logging.DEBUG, logger="graphdrivers.plugin")
+    caplog.set_level(logging.DEBUG, logger="graphdrivers.servers.docker_plugin")
     client.ok("GraphDriver.Create", {"ID": L1})
     client.error("GraphDriver.Get", {"ID": "missing"})
     deadline = time.monotonic() + 5    # the line is written just after the reply
     while True:
-        lines = [r.getMessage() for r in caplog.records if r.name == "graphdrivers.plugin"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "graphdrivers.servers.docker_plugin"]
         if sum(l.startswith("POST /") for l in lines) >= 2 or time.monotonic() > deadline:
             break
         time.sleep(0.01)
@@ -326,7 +326,7 @@ def _backend(name: str, tmp_path: Path):
 def test_plugin_restart_with_a_mounted_layer_loses_nothing(name, tmp_path):
     """Stopping the plugin never unmounts; the next process takes the mount over."""
     import graphdrivers
-    from graphdrivers import mount as gd_mount
+    from graphdrivers.kernel import mount as gd_mount
     from graphdrivers.registry import driver_class
     sock, state = tmp_path / "gd.sock", tmp_path / "state"
     with _backend(name, tmp_path) as (home, options):

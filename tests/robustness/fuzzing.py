@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 from graphdrivers.errors import DriverError
-from graphdrivers.mount import mounts_under
+from graphdrivers.kernel.mount import mounts_under
 
 from conformance.helpers import assert_listable
 

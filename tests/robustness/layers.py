@@ -6,7 +6,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from graphdrivers import mount as mnt
+from graphdrivers.kernel import mount as mnt
 
 from .canary import snapshot
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import graphdrivers
-from graphdrivers.mount import mounts_under, unmount_all_under
+from graphdrivers.kernel.mount import mounts_under, unmount_all_under
 
 from . import workload
 
@@ -279,7 +279,7 @@ def test_plugin_server_100_concurrent_clients(tmp_path, connect):
 
     from plugin.plugin_client import Client, running
 
-    from graphdrivers.plugin import PluginServer
+    from graphdrivers.servers.docker_plugin import PluginServer
 
     sock, home = tmp_path / "run" / "gd.sock", tmp_path / "data" / "graphdrivers-vfs"
     server = PluginServer("vfs", None, {}, sock, state_dir=tmp_path / "state")

@@ -24,7 +24,7 @@ import pytest
 
 import graphdrivers
 from graphdrivers import faults
-from graphdrivers.mount import mounts_under, unmount_all_under
+from graphdrivers.kernel.mount import mounts_under, unmount_all_under
 
 from .layers import content, dangling_links, leftovers, loop_devices_backed_under, make_tar, write
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 import graphdrivers
-from graphdrivers import loopback, mount
+from graphdrivers.kernel import loop as loopback
+from graphdrivers.kernel import mount
 from graphdrivers.errors import DriverError, NoSpace
 
 from .layers import content, leftovers, make_tar, write

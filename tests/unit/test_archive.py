@@ -272,7 +272,7 @@ def test_custom_whiteout_format_hooks(tmp_path):
 
 def test_header_number_encodings(tmp_path):
     """Octal fields using all their bytes, a 7-digit checksum, GNU base-256 numbers."""
-    from graphdrivers.archive_format import _byte_sum, decode
+    from graphdrivers.archive.format import _byte_sum, decode
     info = tarfile.TarInfo("x")
     info.size = 5
     block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))

@@ -7,7 +7,7 @@ import tarfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphdrivers.archive_format import (BLOCK, DIR, LNK, REG, SYM, Entry, _pax_record,
+from graphdrivers.archive.format import (BLOCK, DIR, LNK, REG, SYM, Entry, _pax_record,
                                          apply_pax, decode, encode, parse_pax)
 
 component = st.binary(min_size=1, max_size=60).filter(

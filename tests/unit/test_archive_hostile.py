@@ -169,7 +169,7 @@ def test_missing_root_is_a_driver_error(tmp_path):
 
 def test_oversized_metadata_is_refused(tmp_path):
     """PAX data is held in memory: a huge header must not be, memory stays bounded."""
-    from graphdrivers.archive_format import PAX_X, _ustar
+    from graphdrivers.archive.format import PAX_X, _ustar
     size = 17 << 20
     header = _ustar(b"pax", b"", PAX_X, 0o644, 0, 0, size, 0, b"", 0, 0)
     stream = io.BytesIO(header + b"\0" * (size + 1024))

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from graphdrivers.archive_copy import copy_tree
+from graphdrivers.vfs.copy import copy_tree
 from graphdrivers.changes import changes_size, compare_trees
 from graphdrivers.driver import Change, ChangeKind
 from test_archive_trees import CAPABILITY, build_tree

@@ -1,4 +1,4 @@
-"""Mount holds and id locks shared by the processes of one home (graphdrivers.holds)."""
+"""Mount holds and id locks shared by the processes of one home (graphdrivers.store.holds)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from graphdrivers.holds import HomeRun
+from graphdrivers.store.holds import HomeRun
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_holds_live_under_the_home_identity_not_its_path(run, tmp_path):
 def test_the_id_lock_excludes_another_process(run):
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from graphdrivers.holds import HomeRun\n"
+         "import sys, time; from graphdrivers.store.holds import HomeRun\n"
          "with HomeRun(sys.argv[1]).locked('layer'):\n"
          "    print('locked', flush=True); sys.stdin.readline()", str(run.home)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

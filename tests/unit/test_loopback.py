@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from graphdrivers import loopback
+from graphdrivers.kernel import loop as loopback
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/dev/loop-control") or os.geteuid() != 0,

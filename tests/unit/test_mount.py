@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from graphdrivers.mount import (MNT_DETACH, MS_BIND, MS_RDONLY, MS_REMOUNT, is_mountpoint,
+from graphdrivers.kernel.mount import (MNT_DETACH, MS_BIND, MS_RDONLY, MS_REMOUNT, is_mountpoint,
                                 mount, mountinfo, mounts_under, umount, unmount_all_under)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root (CAP_SYS_ADMIN)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from graphdrivers.refcount import RefCounter
+from graphdrivers.store.refcount import RefCounter
 
 
 def test_counts_up_and_down():

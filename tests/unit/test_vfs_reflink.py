@@ -7,7 +7,7 @@ import struct
 
 import graphdrivers
 import pytest
-from graphdrivers.archive_copy import copy_tree
+from graphdrivers.vfs.copy import copy_tree
 from graphdrivers.changes import compare_trees
 from loopfs import loop_filesystem
 from test_archive_trees import assert_same, build_tree, snapshot

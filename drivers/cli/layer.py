@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 
-from .cli import CliError, NoState, emit_json, open_driver, print_table
+from graphdrivers.cli.common import CliError, NoState, emit_json, open_driver, print_table
 
 _CHUNK = 1 << 20   # copy tars in 1 MiB pieces: constant memory, few syscalls
 
@@ -85,7 +85,7 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
 # -- commands ---------------------------------------------------------------
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from .options import parse_key_values
+    from graphdrivers.options import parse_key_values
     layer_opt = parse_key_values(args.layer_opt) or None
     driver = open_driver(args, create=True)
     driver.create(args.id, args.parent, rw=args.rw, storage_opt=layer_opt)
@@ -143,7 +143,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         raise CliError("refusing to write a tar to a terminal; redirect stdout or use -o FILE")
     driver = open_driver(args)
     stream = driver.diff(args.id, args.parent)
-    from .progress import Progress
+    from graphdrivers.cli.progress import Progress
     with Progress(f"diff {args.id}") as progress:
         try:
             if to_stdout:
@@ -158,8 +158,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .options import format_size
-    from .progress import Progress, ProgressReader
+    from graphdrivers.options import format_size
+    from graphdrivers.cli.progress import Progress, ProgressReader
     if args.file == "-":
         if sys.stdin.isatty():
             raise CliError("refusing to read a tar from a terminal; pipe one in or give FILE")
@@ -195,7 +195,7 @@ def cmd_changes(args: argparse.Namespace) -> int:
 
 
 def cmd_size(args: argparse.Namespace) -> int:
-    from .options import format_size
+    from graphdrivers.options import format_size
     driver = open_driver(args)
     size = driver.diff_size(args.id, args.parent)
     if args.json:

@@ -10,7 +10,7 @@ bench/test_fio.py) on the host drivers, writing DIR/raw/<suite>.json, and runs
 devicemapper through scripts/vm-test unless this kernel has device-mapper.
 Every medium (zram or loop device, mount, dm device) is made and released by
 the suites' own fixtures, also on Ctrl-C. ``report`` turns DIR/raw/*.json into
-DIR/report.md with tables and PNG charts (see graphdrivers.bench_report).
+DIR/report.md with tables and PNG charts (see graphdrivers.benchmarking.report).
 The suites live in the source checkout's bench/ folder, not in the package.
 """
 from __future__ import annotations
@@ -161,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs_file.write_text(json.dumps(runs + [info], indent=2) + "\n")
     _say(f"done in {info['duration_s']} s; raw results in {raw}")
     if not args.no_report:
-        from graphdrivers import bench_report
+        from graphdrivers.benchmarking import report as bench_report
         _say(f"report: {bench_report.write_report(out)}")
     return status
 
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "report":
-        from graphdrivers import bench_report
+        from graphdrivers.benchmarking import report as bench_report
         print(bench_report.write_report(Path(args.dir)))
         return 0
     if not args.drivers:

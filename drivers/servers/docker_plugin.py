@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs
 
-from . import registry
-from .atomicfile import read_json, write_json
-from .driver import Driver
-from .errors import DriverError, InvalidLayerId, InvalidOption
-from .plugin_http import BodyError, Request, UnixHTTPServer
+from graphdrivers import registry
+from graphdrivers.store.atomicfile import read_json, write_json
+from graphdrivers.driver import Driver
+from graphdrivers.errors import DriverError, InvalidLayerId, InvalidOption
+from graphdrivers.servers.http import BodyError, Request, UnixHTTPServer
 
-log = logging.getLogger("graphdrivers.plugin")
+log = logging.getLogger("graphdrivers.servers.docker_plugin")
 
 SOCKET_DIR = Path("/run/docker/plugins")
 STATE_DIR = Path("/run/graphdrivers/plugins")

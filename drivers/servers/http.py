@@ -22,9 +22,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .errors import DriverError
+from graphdrivers.errors import DriverError
 
-log = logging.getLogger("graphdrivers.plugin")
+log = logging.getLogger("graphdrivers.servers.docker_plugin")
 
 MAX_LINE = 4096            # longest chunk-size or trailer line we accept
 COPY_BUFFER = 1 << 20      # 1 MiB: large enough for throughput, small enough for constant memory

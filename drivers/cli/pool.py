@@ -11,7 +11,7 @@ import inspect
 import sys
 from typing import Any
 
-from .cli import CliError, NoState, driver_options, emit_json, require_state
+from graphdrivers.cli.common import CliError, NoState, driver_options, emit_json, require_state
 
 POOL_DRIVER = "devicemapper"
 # integer fields shown in human units too (never counts, ids or percentages)
@@ -73,7 +73,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
-    from .options import Option, parse_key_values, parse_options, parse_size
+    from graphdrivers.options import Option, parse_key_values, parse_options, parse_size
     given = parse_key_values(args.resize_opt, what="resize option")
     sizes = parse_options(given, {"dm.loopdatasize": Option(parse_size),
                                   "dm.loopmetadatasize": Option(parse_size)},
@@ -102,7 +102,7 @@ def cmd_resize(args: argparse.Namespace) -> int:
 
 def print_status(status: dict, indent: str = "") -> None:
     """Every field as ``Label: value``, sizes also in human units; warnings last."""
-    from .options import format_size
+    from graphdrivers.options import format_size
     warnings: list[str] = []
     for key, value in status.items():
         if key.lower() in ("warnings", "warning"):

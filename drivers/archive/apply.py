@@ -25,13 +25,13 @@ import shutil
 import stat
 from typing import BinaryIO
 
-from . import archive_format as tf
-from .archive_format import BLOCK, ZERO_BLOCK, Entry, HeaderError
-from .archive_input import TarInput as _Input
-from .archive_input import Truncated as _Truncated
-from .archive_whiteout import (PLAIN, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, WhiteoutFormat,
+from graphdrivers.archive import format as tf
+from graphdrivers.archive.format import BLOCK, ZERO_BLOCK, Entry, HeaderError
+from graphdrivers.archive.input import TarInput as _Input
+from graphdrivers.archive.input import Truncated as _Truncated
+from graphdrivers.archive.whiteout import (PLAIN, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, WhiteoutFormat,
                                _remove)
-from .errors import CorruptArchive, DriverError, NoSpace
+from graphdrivers.errors import CorruptArchive, DriverError, NoSpace
 
 MAX_META = 16 << 20          # largest PAX / GNU long-name data we hold in memory
 MAX_SYMLINK_HOPS = 40

@@ -10,7 +10,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from .holds import HomeRun
+from graphdrivers.store.holds import HomeRun
 
 
 class IdLocks:

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import BinaryIO, TextIO
 
-from .options import format_size
+from graphdrivers.options import format_size
 
 _INTERVAL = 0.1   # seconds between redraws
 

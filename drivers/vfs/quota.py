@@ -14,7 +14,7 @@ from typing import Any
 def quota_control(layers_dir: pathlib.Path) -> tuple[Any | None, str]:
     """(control, "") when per-layer size limits work under ``layers_dir``, else (None, why)."""
     try:
-        from graphdrivers.overlay.quota import open_control
+        from graphdrivers.kernel.projquota import open_control
     except ImportError as exc:
         return None, f"project quota support is not installed ({exc})"
     control, reason = open_control(layers_dir)

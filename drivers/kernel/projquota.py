@@ -14,7 +14,7 @@ import os
 import struct
 from pathlib import Path
 
-from graphdrivers.fsinfo import fs_name
+from graphdrivers.kernel.statfs import fs_name
 
 SYS_QUOTACTL_FD = 443
 PRJQUOTA = 2

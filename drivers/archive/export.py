@@ -13,12 +13,12 @@ import stat
 import time
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from .archive_format import (BLK, CHR, DIR, FIFO, LNK, REG, SYM, ZERO_BLOCK, Entry, encode,
+from graphdrivers.archive.format import (BLK, CHR, DIR, FIFO, LNK, REG, SYM, ZERO_BLOCK, Entry, encode,
                              padding)
-from .archive_stream import GeneratorStream
-from .archive_whiteout import PLAIN, WH_OPAQUE, WH_PREFIX, WhiteoutFormat
-from .driver import Change, ChangeKind
-from .errors import DriverError
+from graphdrivers.archive.stream import GeneratorStream
+from graphdrivers.archive.whiteout import PLAIN, WH_OPAQUE, WH_PREFIX, WhiteoutFormat
+from graphdrivers.driver import Change, ChangeKind
+from graphdrivers.errors import DriverError
 
 CHUNK = 1 << 20
 DIRECT = 64 << 10          # files this big go out as their own chunks, not copied into a batch

@@ -21,19 +21,19 @@ import shutil
 import uuid
 from typing import Mapping
 
-from . import faults
-from . import mount as mnt
-from .fsinfo import fs_name
-from .archive_copy import copy_tree
-from .atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
-from .driver import Driver
-from .errors import DriverError, InvalidOption, LayerExists, LayerInUse, LayerNotFound, NoSpace
-from .layerid import check_id, is_valid_id
-from .locks import IdLocks
-from .naivediff import NaiveDiff
-from .options import Option, parse_options, parse_size
-from .refcount import RefCounter
-from .vfs_quota import quota_control
+from graphdrivers import faults
+from graphdrivers.kernel import mount as mnt
+from graphdrivers.kernel.statfs import fs_name
+from graphdrivers.vfs.copy import copy_tree
+from graphdrivers.store.atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
+from graphdrivers.driver import Driver
+from graphdrivers.errors import DriverError, InvalidOption, LayerExists, LayerInUse, LayerNotFound, NoSpace
+from graphdrivers.layerid import check_id, is_valid_id
+from graphdrivers.store.locks import IdLocks
+from graphdrivers.naivediff import NaiveDiff
+from graphdrivers.options import Option, parse_options, parse_size
+from graphdrivers.store.refcount import RefCounter
+from graphdrivers.vfs.quota import quota_control
 
 
 class VfsDriver(NaiveDiff, Driver):

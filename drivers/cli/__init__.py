@@ -3,7 +3,7 @@
 argparse (stdlib) rather than click or typer: no dependency to install next
 to a storage daemon, nested subcommands (``layer create``) are built in, and
 its import is cheap, so ``graphdrivers --help`` starts in tens of
-milliseconds. Command groups live in cli_layer.py and cli_pool.py; every
+milliseconds. Command groups live in layer.py and pool.py, their shared helpers in common.py; every
 heavy import (stevedore, a driver, the plugin server) happens inside the
 command that needs it.
 
@@ -16,77 +16,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-PROG = "graphdrivers"
-DEFAULT_HOME = "/var/lib/graphdrivers"
-
-
-class CliError(Exception):
-    """A usage problem found by the CLI itself (not by a driver): exit status 2."""
-
-
-class NoState(Exception):
-    """A command that reads state was pointed at a home without any: exit status 1."""
-
-
-# -- helpers the command modules share ---------------------------------------
-
-def default_home() -> str:
-    return os.environ.get("GRAPHDRIVERS_HOME") or DEFAULT_HOME
-
-
-def driver_options(args: argparse.Namespace) -> dict[str, str]:
-    from .options import parse_key_values
-    return parse_key_values(args.storage_opt or [])
-
-
-def open_driver(args: argparse.Namespace, *, create: bool = False):
-    """Load the driver the global options name (or auto-select one) on ``--home``.
-
-    Only commands that make layers pass ``create``: every other command works on
-    state that exists, so a mistyped --home gets an error, not a new empty store.
-    """
-    import graphdrivers
-    if not create:
-        require_state(args)
-    return graphdrivers.load(args.driver, args.home, driver_options(args))
-
-
-def require_state(args: argparse.Namespace) -> None:
-    """NoState unless --home holds state of --driver (or of some driver, without one)."""
-    from graphdrivers.registry import available, prior_drivers
-    home = pathlib.Path(args.home)
-    if (home.exists() and not home.is_dir()) or (args.driver and args.driver not in available()):
-        return   # load() says what is wrong
-    prior = prior_drivers(home) if home.is_dir() else []
-    if args.driver in prior or (args.driver is None and prior):
-        return
-    where = f"it holds {', '.join(prior)} state" if prior else (
-        "it holds no driver state" if home.is_dir() else "it does not exist")
-    driver = f"the {args.driver} driver" if args.driver else "any driver"
-    raise NoState(f"no layers of {driver} under {home} ({where}); check --home or "
-                  "$GRAPHDRIVERS_HOME ('layer create' starts a new store)")
-
-
-def emit_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
-
-
-def print_table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> None:
-    """Left-aligned columns, like ``docker ps``; the last column is never padded."""
-    all_rows = ([list(header)] if header else []) + [list(map(str, r)) for r in rows]
-    if not all_rows:
-        return
-    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]) - 1)]
-    for row in all_rows:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
-        print("  ".join(cells).rstrip())
+from graphdrivers.cli.common import (PROG, CliError, NoState, default_home, driver_options,
+                                     emit_json, open_driver, print_table)
 
 
 # -- commands kept here: drivers, status, serve, bench -----------------------
@@ -137,11 +73,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from graphdrivers import plugin
+        from graphdrivers.servers import docker_plugin as plugin
     except ModuleNotFoundError as exc:
-        if exc.name != "graphdrivers.plugin":
+        if exc.name != "graphdrivers.servers.docker_plugin":
             raise
-        raise CliError("the plugin server (graphdrivers.plugin) is not installed") from None
+        raise CliError("the plugin server (graphdrivers.servers.docker_plugin) is not installed") from None
     extra = {"name": args.name} if args.name else {}
     result = plugin.serve(args.driver, args.home, driver_options(args), args.socket, **extra)
     return result if isinstance(result, int) else 0
@@ -150,13 +86,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib.util
     try:
-        found = importlib.util.find_spec("graphdrivers.bench") is not None
+        found = importlib.util.find_spec("graphdrivers.benchmarking.runner") is not None
     except ModuleNotFoundError:
         found = False
     if not found:
-        raise CliError("the benchmark suites (graphdrivers.bench) are not installed; "
+        raise CliError("the benchmark suites (graphdrivers.benchmarking.runner) are not installed; "
                        "run them from a source checkout")
-    from graphdrivers import bench
+    from graphdrivers.benchmarking import runner as bench
     result = bench.main(list(args.bench_args))
     return result if isinstance(result, int) else 0
 
@@ -164,7 +100,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_layer, cli_pool
+    from graphdrivers.cli import layer as cli_layer
+    from graphdrivers.cli import pool as cli_pool
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -173,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Sizes take Docker's units (100GB, 2G, 512MiB; powers of 1024). "
                "Run '%(prog)s COMMAND --help' for a command's options.")
     add_global_options(parser, top_level=True)
-    from . import __version__
+    from graphdrivers import __version__
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -284,10 +221,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-
-
-if __name__ == "__main__":
-    # `python -m graphdrivers.cli`: run the package's module, not this __main__ copy,
-    # so the exception classes the command modules raise are the ones main() catches
-    from graphdrivers.cli import main as _main
-    sys.exit(_main())

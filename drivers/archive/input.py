@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
-from .errors import DriverError
+from graphdrivers.errors import DriverError
 
 BUFSIZE = 1 << 20
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from .holds import HomeRun
+from graphdrivers.store.holds import HomeRun
 
 
 class RefCounter:

@@ -1,0 +1,1 @@
+"""`graphdrivers bench`: the benchmark runner and its report (the suites are in bench/)."""

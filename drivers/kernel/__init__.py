@@ -1,0 +1,1 @@
+"""Calls into the kernel the drivers share: mounts, loop devices, statfs, project quotas."""

@@ -1,0 +1,1 @@
+"""Servers that give engines the drivers: Docker's graph driver plugin protocol."""
