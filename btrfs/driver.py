@@ -35,6 +35,13 @@ from graphdrivers.store.refcount import RefCounter
 
 from . import quota, subvol
 
+faults.register(
+    "btrfs",
+    "btrfs.create.after_meta",
+    "btrfs.create.after_subvolume",
+    "btrfs.remove.after_quota_file",
+    "btrfs.remove.after_delete")
+
 LAYER_OPTIONS = {"size": Option(parse_size, None, "maximum referenced bytes (btrfs qgroup limit)")}
 
 

@@ -21,6 +21,7 @@ import shutil
 import threading
 from typing import Any, Callable, Mapping
 
+from graphdrivers.capabilities import PoolAdmin
 from graphdrivers.driver import Driver
 from graphdrivers.errors import (DriverError, InvalidOption, LayerExists, LayerInUse,
                                  LayerNotFound, NoSpace, NotSupported)
@@ -42,9 +43,10 @@ log = logging.getLogger(__name__)
 _DEFERRED_MIN_VERSION = (4, 27, 0)   # kernel dm with DM_DEFERRED_REMOVE
 
 
-class DeviceMapperDriver(NaiveDiff, Driver):
+class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
     name = "devicemapper"
     OPTIONS = OPTIONS
+    RESIZE_OPTIONS = {"dm.loopdatasize": "data_size", "dm.loopmetadatasize": "metadata_size"}
     deferred_delete_period = 30.0     # seconds between retries of busy deletions
 
     @classmethod

@@ -9,8 +9,7 @@ power cut stops the engine. Several names may be given, separated by commas;
 middle of a loop). Unset (always, outside tests) a point costs one dictionary
 lookup.
 
-The points each driver has are listed in ``POINTS`` so the crash tests can hit
-every one and notice when one disappears from the code.
+Each driver registers its points (``register``) when its module is imported.
 """
 from __future__ import annotations
 
@@ -21,16 +20,15 @@ ENV = "GRAPHDRIVERS_FAULT"
 SKIP_ENV = "GRAPHDRIVERS_FAULT_SKIP"
 _hits = 0
 
-POINTS: dict[str, list[str]] = {
-    "vfs": ["vfs.create.after_mkdir", "vfs.create.after_copy", "vfs.create.after_meta",
-            "vfs.create.after_rename", "vfs.remove.after_rename", "vfs.remove.after_meta"],
-    "overlay2": ["overlay2.create.after_mkdir", "overlay2.create.after_link",
-                 "overlay2.create.after_rename", "overlay2.remove.after_rename",
-                 "overlay2.remove.after_link", "overlay2.mount.after_mkdir",
-                 "overlay2.mount.after_mount", "overlay2.unmount.after_umount"],
-    "btrfs": ["btrfs.create.after_meta", "btrfs.create.after_subvolume",
-              "btrfs.remove.after_quota_file", "btrfs.remove.after_delete"],
-}
+POINTS: dict[str, list[str]] = {}   # driver name -> its points, filled by register()
+
+
+def register(driver: str, *names: str) -> tuple[str, ...]:
+    """Declare a driver's fault points (at import of its module), so the crash tests
+    can hit every one and notice when one disappears from the code."""
+    known = POINTS.setdefault(driver, [])
+    known.extend(n for n in names if n not in known)
+    return names
 
 
 def point(name: str) -> None:

@@ -81,10 +81,8 @@ def load(name: str | None, home: str | os.PathLike,
             "you no longer use or choose one explicitly with --driver")
     if prior:  # never silently switch drivers: the layers would seem to vanish
         return _instantiate(prior[0], home, options)
-    names = available()
-    order = [n for n in PRIORITY if n in names] + [n for n in names if n not in PRIORITY]
     reasons = []
-    for candidate in order:
+    for candidate in auto_order(available()):
         try:
             return _instantiate(candidate, home, options)
         except NotSupported as exc:
@@ -106,6 +104,21 @@ def _instantiate(name: str, home: pathlib.Path, options: Mapping[str, str] | Non
             except OSError:
                 pass
         raise
+
+
+def auto_order(names: list[str]) -> list[str]:
+    """The order auto-selection tries ``names`` in: PRIORITY first, then the others."""
+    return [n for n in PRIORITY if n in names] + [n for n in names if n not in PRIORITY]
+
+
+def default_driver(home: pathlib.Path, usable: list[str]) -> str | None:
+    """The driver ``load(None, home)`` picks among ``usable``: the one with state here,
+    else the first in auto order; None when the choice is ambiguous or there is none."""
+    prior = prior_drivers(home) if home.is_dir() else []
+    if prior:
+        return prior[0] if len(prior) == 1 else None
+    order = auto_order(usable)
+    return order[0] if order else None
 
 
 def prior_drivers(home: pathlib.Path) -> list[str]:

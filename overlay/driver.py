@@ -49,6 +49,17 @@ from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name
                      read_text)
 from .whiteout import OVERLAY
 
+faults.register(
+    "overlay2",
+    "overlay2.create.after_mkdir",
+    "overlay2.create.after_link",
+    "overlay2.create.after_rename",
+    "overlay2.remove.after_rename",
+    "overlay2.remove.after_link",
+    "overlay2.mount.after_mkdir",
+    "overlay2.mount.after_mount",
+    "overlay2.unmount.after_umount")
+
 KERNEL_MAX_LOWERS = 500     # OVL_MAX_STACK in fs/overlayfs
 LEGACY_MAX_LOWERS = 128     # what fits one page with 26-character short names (Docker's limit)
 

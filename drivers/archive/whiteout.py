@@ -15,6 +15,15 @@ WH_PREFIX = b".wh."
 WH_META_PREFIX = b".wh..wh."
 WH_OPAQUE = b".wh..wh..opq"
 
+# xattrs that steer the kernel's overlayfs (opaque, redirect, metacopy, origin): any
+# layer's tree can end up as an overlay lower dir (an engine's own mount, a copy
+# made by a user), so no tar sets them and no export carries them, whatever the driver
+KERNEL_CONTROL_XATTRS = ("trusted.overlay.",)
+
+
+def is_control_xattr(name: str) -> bool:
+    return name.startswith(KERNEL_CONTROL_XATTRS)
+
 
 def _remove(dir_fd: int, name: str | bytes) -> None:
     """Remove ``name`` (any type, recursively) inside ``dir_fd`` without following symlinks."""
@@ -66,8 +75,8 @@ class WhiteoutFormat:
         """Refuse (CorruptArchive) a device node this format cannot store as one."""
 
     def apply_xattr(self, name: str) -> bool:
-        """Whether an xattr from the tar is set on disk (never overlayfs' own)."""
-        return not name.startswith("trusted.overlay.")
+        """Whether an xattr from the tar is set on disk (never one that steers the kernel)."""
+        return not is_control_xattr(name)
 
     def export_whiteout(self, path: str, stat: os.stat_result) -> bool:
         """True if this on-disk entry is a deletion marker, exported as ``.wh.<name>``."""
@@ -79,7 +88,7 @@ class WhiteoutFormat:
 
     def export_xattr(self, name: str) -> bool:
         """Whether an on-disk xattr is written to the tar."""
-        return not name.startswith("trusted.overlay.")
+        return not is_control_xattr(name)
 
 
 PLAIN = WhiteoutFormat()

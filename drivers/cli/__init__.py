@@ -29,14 +29,11 @@ from graphdrivers.cli.common import (PROG, CliError, NoState, default_home, driv
 
 def cmd_drivers(args: argparse.Namespace) -> int:
     import graphdrivers
-    from graphdrivers.registry import PRIORITY, prior_drivers
+    from graphdrivers.registry import default_driver, prior_drivers
     home = pathlib.Path(args.home)
     report = graphdrivers.describe(home)
     prior = prior_drivers(home) if home.is_dir() else []
-    usable = [name for name, reason in report if reason is None]
-    # the driver `load(None, home)` would pick: prior state first, then priority order
-    order = [n for n in PRIORITY if n in usable] + [n for n in usable if n not in PRIORITY]
-    default = prior[0] if len(prior) == 1 else (None if prior else (order[0] if order else None))
+    default = default_driver(home, [name for name, reason in report if reason is None])
     rows = [{"name": name, "usable": reason is None, "reason": reason,
              "state_here": name in prior, "default": name == default}
             for name, reason in report]

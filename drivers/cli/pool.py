@@ -1,25 +1,24 @@
-"""``graphdrivers pool ...``: status and online resize of a devicemapper thin pool.
+"""``graphdrivers pool ...``: status and online resize of a driver's storage pool.
 
-Both call the devicemapper driver's own API (``pool_status()`` and
-``resize_pool()``), so an engine embedding the driver gets the same
-behaviour without the CLI.
+Any driver that declares the PoolAdmin capability has a pool (devicemapper's thin
+pool); both commands call its own API (``pool_status()`` and ``resize_pool()``), so
+an engine embedding the driver gets the same behaviour without the CLI.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
+import pathlib
 import sys
 from typing import Any
 
 from graphdrivers.cli.common import CliError, NoState, driver_options, emit_json, require_state
 
-POOL_DRIVER = "devicemapper"
 # integer fields shown in human units too (never counts, ids or percentages)
 _SIZE_SUFFIXES = ("_used", "_total", "_available", "_size", "_space", "_bytes")
 
 
 def add_commands(commands, common: argparse.ArgumentParser) -> None:
-    pool = commands.add_parser("pool", help="devicemapper thin pool: status and online resize")
+    pool = commands.add_parser("pool", help="storage pool (devicemapper's thin pool): status and online resize")
     sub = pool.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("status", parents=[common],
@@ -46,24 +45,45 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_resize)
 
 
-def open_pool_driver(args: argparse.Namespace):
-    """The devicemapper driver for --home, or a clear error naming what is there instead."""
+def pool_drivers() -> dict[str, type]:
+    """The installed drivers that declare the PoolAdmin capability, by name."""
+    from graphdrivers.capabilities import PoolAdmin
+    from graphdrivers.errors import DriverError
+    from graphdrivers.registry import available, driver_class
+    found = {}
+    for name in available():
+        try:
+            cls = driver_class(name)
+        except DriverError:
+            continue
+        if issubclass(cls, PoolAdmin):
+            found[name] = cls
+    return found
+
+
+def open_pool_driver(args: argparse.Namespace, pools: dict[str, type]):
+    """The pool driver for --home, or a clear error naming what is there instead."""
     import graphdrivers
-    if args.driver not in (None, POOL_DRIVER):
-        raise CliError(f"pool commands work on the devicemapper driver only, not {args.driver!r}")
+    from graphdrivers.registry import available, prior_drivers
+    names = "/".join(pools) or "no installed driver's"
+    if args.driver is not None and args.driver in available() and args.driver not in pools:
+        raise CliError(f"the {args.driver} driver has no pool; pool commands work on "
+                       f"{', '.join(pools) or 'no installed driver'}")
+    home = pathlib.Path(args.home)
+    found = [n for n in (prior_drivers(home) if home.is_dir() else []) if n in pools]
+    name = args.driver or (found[0] if found else None)
     try:
-        require_state(argparse.Namespace(home=args.home, driver=POOL_DRIVER))
+        if name is None:
+            raise NoState("")
+        require_state(argparse.Namespace(home=args.home, driver=name))
     except NoState:
-        raise NoState(f"no devicemapper pool under {args.home}; pool commands work on a home "
-                      "that uses the devicemapper driver ('layer create' makes the pool)") from None
-    driver = graphdrivers.load(POOL_DRIVER, args.home, driver_options(args))
-    if not hasattr(driver, "pool_status"):
-        raise CliError(f"the {driver.name} driver here has no pool administration")
-    return driver
+        raise NoState(f"no {names} pool under {args.home}; pool commands work on a home that "
+                      "uses a driver with a pool ('layer create' makes the pool)") from None
+    return graphdrivers.load(name, args.home, driver_options(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    driver = open_pool_driver(args)
+    driver = open_pool_driver(args, pool_drivers())
     status = driver.pool_status()
     if args.json:
         emit_json(status)
@@ -74,25 +94,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_resize(args: argparse.Namespace) -> int:
     from graphdrivers.options import Option, parse_key_values, parse_options, parse_size
-    given = parse_key_values(args.resize_opt, what="resize option")
-    sizes = parse_options(given, {"dm.loopdatasize": Option(parse_size),
-                                  "dm.loopmetadatasize": Option(parse_size)},
+    pools = pool_drivers()
+    # the options are checked before any driver is opened: a typo costs nothing
+    vocabulary = {key: Option(parse_size) for cls in pools.values() for key in cls.RESIZE_OPTIONS}
+    given = parse_options(parse_key_values(args.resize_opt, what="resize option"), vocabulary,
                           what="resize option")
-    driver = open_pool_driver(args)
-    kwargs: dict[str, Any] = {"data_size": sizes["dm.loopdatasize"],
-                              "metadata_size": sizes["dm.loopmetadatasize"],
-                              "force": args.force}
-    if args.extend or args.extend_metadata:
-        if "extend" not in inspect.signature(driver.resize_pool).parameters:
-            raise CliError("this devicemapper driver cannot --extend")
-        kwargs.update(extend=args.extend, extend_metadata=args.extend_metadata)
-    show = sys.stderr.isatty()
-    if "progress" in inspect.signature(driver.resize_pool).parameters and show:
+    driver = open_pool_driver(args, pools)
+    accepted = driver.RESIZE_OPTIONS
+    foreign = [key for key in given if given[key] is not None and key not in accepted]
+    if foreign:
+        raise CliError(f"the {driver.name} pool is not resized with {', '.join(foreign)}")
+    kwargs: dict[str, Any] = {accepted[key]: given[key] for key in accepted if key in given}
+    kwargs.update(force=args.force, extend=args.extend, extend_metadata=args.extend_metadata)
+    if sys.stderr.isatty():
         kwargs["progress"] = lambda message: _say(f"pool resize: {message}")
-    elif show:
-        _say("pool resize: growing the pool (layers stay mounted)...")
-    result = driver.resize_pool(**kwargs)
-    status = result if isinstance(result, dict) else driver.pool_status()
+    status = driver.resize_pool(**kwargs)
     if args.json:
         emit_json(status)
     else:

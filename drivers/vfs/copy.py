@@ -9,14 +9,12 @@ fifos, sockets, and hard links within the tree.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 
-FICLONE = 0x40049409
+from graphdrivers.kernel.reflink import clone_file
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
-             errno.EPERM}
 
 
 class _Copier:
@@ -32,14 +30,10 @@ class _Copier:
         if not size:
             return
         if self.clone:
-            try:
-                fcntl.ioctl(dfd, FICLONE, sfd)
+            if clone_file(sfd, dfd):
                 self.counts["reflink"] += 1
                 return
-            except OSError as exc:
-                if exc.errno not in _NO_CLONE:
-                    raise
-                self.clone = False           # one refusal is enough to know
+            self.clone = False               # one refusal is enough to know
         left = size
         if self.copy_range:
             try:

@@ -36,6 +36,15 @@ from graphdrivers.store.refcount import RefCounter
 from graphdrivers.vfs.quota import quota_control
 
 
+faults.register(
+    "vfs",
+    "vfs.create.after_mkdir",
+    "vfs.create.after_copy",
+    "vfs.create.after_meta",
+    "vfs.create.after_rename",
+    "vfs.remove.after_rename",
+    "vfs.remove.after_meta")
+
 class VfsDriver(NaiveDiff, Driver):
     name = "vfs"
     OPTIONS: Mapping[str, Option] = {}

@@ -1,6 +1,6 @@
 """Crash consistency of the host drivers (issue 9, part 2).
 
-For every fault point of vfs, overlay2 and btrfs (graphdrivers.faults.POINTS)
+For every fault point vfs, overlay2 and btrfs register (graphdrivers.faults.POINTS)
 and for apply_diff killed mid-stream, a child process loads the driver on a
 prepared home and is SIGKILLed at that point. The parent then reloads the
 driver and checks: it loads; every earlier layer exists with its content; the
@@ -34,8 +34,11 @@ APPLY_TAR = make_tar({**{f"many/f{i:03}": bytes([i]) * 8192 for i in range(50)},
                       "big/blob": b"B" * BIG, "after": b"after\n"}, deletes=("gone",))
 APPLY_KILLS = {"apply_diff.between_files": 200 << 10, "apply_diff.inside_big_file": 700 << 10}
 
-CASES = [(name, point) for name, points in faults.POINTS.items() for point in points] + \
-        [(name, kill) for name in faults.POINTS for kill in APPLY_KILLS]
+HOST_DRIVERS = ("vfs", "overlay2", "btrfs")
+for _name in HOST_DRIVERS:
+    graphdrivers.registry.driver_class(_name)     # importing a driver registers its points
+CASES = [(name, point) for name in HOST_DRIVERS for point in faults.POINTS[name]] + \
+        [(name, kill) for name in HOST_DRIVERS for kill in APPLY_KILLS]
 
 
 def _run_child(name, home, options, op, env_fault: str | None, tar: Path | None = None,
