@@ -135,12 +135,18 @@ def changes_size(root: str | os.PathLike, changes: list[Change]) -> int:
             st = os.lstat(base + os.fsencode(change.path))
         except FileNotFoundError:
             continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-        total += st.st_size
+        total += counted_bytes(st, seen)
     return total
+
+
+def counted_bytes(st: os.stat_result, seen: set[tuple[int, int]]) -> int:
+    """What one entry adds to a diff size: a regular file's bytes, once per inode
+    (``seen`` remembers the hard-linked ones); nothing for any other type."""
+    if not stat.S_ISREG(st.st_mode):
+        return 0
+    if st.st_nlink > 1:
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return 0
+        seen.add(key)
+    return st.st_size

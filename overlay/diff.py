@@ -14,6 +14,7 @@ import os
 import stat
 from typing import Sequence
 
+from graphdrivers.changes import counted_bytes
 from graphdrivers.driver import Change, ChangeKind
 
 from .whiteout import is_opaque, is_whiteout
@@ -120,13 +121,6 @@ def upper_size(upper: str) -> int:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)
-                continue
-            if not stat.S_ISREG(st.st_mode):   # whiteouts, symlinks, devices: no data
-                continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            total += st.st_size
+            else:                     # whiteouts, symlinks, devices: counted as nothing
+                total += counted_bytes(st, seen)
     return total
