@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 from typing import Iterable
 
 from graphdrivers.driver import Change, ChangeKind
 
 from . import ioctl
+from .structs import INODE_EXTREF, INODE_ITEM, INODE_REF
 
 def changes(layer: str | os.PathLike, base: str | os.PathLike) -> list[Change] | None:
     """Changes of subvolume ``layer`` against subvolume ``base`` it was snapshotted from."""
@@ -72,17 +72,15 @@ def _has_nested(fd: int, tree: int) -> bool:
     return False
 
 
-# struct btrfs_inode_item: generation, transid, size, nbytes, block_group, nlink, uid,
-# gid, mode, rdev, flags, sequence, reserved[4], then atime, ctime, mtime, otime
-# (u64 seconds + u32 nanoseconds each).
-_TRANSID = slice(8, 16)
-_ATIME = slice(112, 124)
+_TRANSID = INODE_ITEM.span("transid")
+_ATIME = INODE_ITEM.span("atime")
 
 
 def _masked(item: bytes) -> bytes:
+    """The inode item with the fields a read may rewrite (transid, atime) zeroed."""
     raw = bytearray(item)
-    raw[_TRANSID] = bytes(8)
-    raw[_ATIME] = bytes(12)
+    raw[_TRANSID] = bytes(_TRANSID.stop - _TRANSID.start)
+    raw[_ATIME] = bytes(_ATIME.stop - _ATIME.start)
     return bytes(raw)
 
 
@@ -100,10 +98,10 @@ def _only_atime(item: bytes, other: bytes | None, since: int, snapshot_time: flo
     """
     if other is None or _masked(item) != _masked(other):
         return False
-    if struct.unpack_from("=Q", other, 8)[0] <= since:
+    if INODE_ITEM.unpack(other).transid <= since:
         return True
-    ctime_sec, ctime_nsec = struct.unpack_from("=QI", item, 124)
-    return ctime_sec + ctime_nsec / 1e9 < snapshot_time - 1.0
+    inode = INODE_ITEM.unpack(item)
+    return inode.ctime_sec + inode.ctime_nsec / 1e9 < snapshot_time - 1.0
 
 
 def _paths_of(fd: int, tree: int, inodes: Iterable[int]) -> set[str]:
@@ -122,19 +120,25 @@ def _paths_of(fd: int, tree: int, inodes: Iterable[int]) -> set[str]:
             continue
         for item in ioctl.tree_search(fd, tree, (ino, ioctl.INODE_REF_KEY, 0),
                                       (ino, ioctl.INODE_EXTREF_KEY, ioctl.U64_MAX)):
-            data, pos = item.data, 0
-            while pos < len(data):
-                if item.type == ioctl.INODE_REF_KEY:        # index, name_len, name
-                    parent = item.offset
-                    (name_len,) = struct.unpack_from("=H", data, pos + 8)
-                    pos += 10
-                else:                                        # parent, index, name_len, name
-                    parent, _index, name_len = struct.unpack_from("=QQH", data, pos)
-                    pos += 18
-                name = os.fsdecode(data[pos:pos + name_len])
-                pos += name_len
+            for parent, name in _refs(item):
                 paths.add(dir_path(parent) + name)
     return paths
+
+
+def _refs(item: ioctl.Item) -> Iterable[tuple[int, str]]:
+    """(parent directory, name) of each entry in an INODE_REF or INODE_EXTREF item."""
+    data, pos = item.data, 0
+    while pos < len(data):
+        if item.type == ioctl.INODE_REF_KEY:         # the parent is the key's offset
+            ref = INODE_REF.unpack(data, pos)
+            parent = item.offset
+            pos += INODE_REF.size
+        else:
+            ref = INODE_EXTREF.unpack(data, pos)
+            parent = ref.parent_objectid
+            pos += INODE_EXTREF.size
+        yield parent, os.fsdecode(data[pos:pos + ref.name_len])
+        pos += ref.name_len
 
 
 # -- the comparison, on the candidates only -----------------------------------

@@ -2,7 +2,9 @@
 
 Used for what libbtrfsutil's Python binding does not offer (tree search,
 inode lookup, qgroups) and as the whole subvolume backend when the binding
-is not installed. Numbers and layouts were checked against the C headers.
+is not installed. Every request number is derived from its argument struct
+(``structs``) the way linux/btrfs.h's _IOW/_IOR/_IOWR do; the structs' sizes and
+the numbers are checked against the kernel's in tests/btrfs/test_structs.py.
 """
 from __future__ import annotations
 
@@ -12,17 +14,23 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
-SUBVOL_CREATE = 0x5000940E
-SNAP_CREATE_V2 = 0x50009417
-SNAP_DESTROY = 0x5000940F
-SYNC = 0x9408
-TREE_SEARCH_V2 = 0xC0709411
-INO_LOOKUP = 0xD0009412
-GET_SUBVOL_INFO = 0x81F8943C
-QUOTA_CTL = 0xC0109428
-QGROUP_CREATE = 0x4010942A
-QGROUP_LIMIT = 0x8030942B
-QUOTA_RESCAN_WAIT = 0x942E
+from . import ioc
+from .structs import (GET_SUBVOL_INFO_ARGS, INO_LOOKUP_ARGS, INODE_ITEM, QGROUP_CREATE_ARGS,
+                      QGROUP_LIMIT_ARGS, QUOTA_CTL_ARGS, SEARCH_ARGS_V2, SEARCH_HEADER,
+                      SEARCH_KEY, VOL_ARGS, VOL_ARGS_V2, VOL_NAME_MAX)
+
+MAGIC = 0x94                     # BTRFS_IOCTL_MAGIC
+SUBVOL_CREATE = ioc.iow(MAGIC, 14, VOL_ARGS.size)
+SNAP_CREATE_V2 = ioc.iow(MAGIC, 23, VOL_ARGS_V2.size)
+SNAP_DESTROY = ioc.iow(MAGIC, 15, VOL_ARGS.size)
+SYNC = ioc.io(MAGIC, 8)
+TREE_SEARCH_V2 = ioc.iowr(MAGIC, 17, SEARCH_ARGS_V2.size)
+INO_LOOKUP = ioc.iowr(MAGIC, 18, INO_LOOKUP_ARGS.size)
+GET_SUBVOL_INFO = ioc.ior(MAGIC, 60, GET_SUBVOL_INFO_ARGS.size)
+QUOTA_CTL = ioc.iowr(MAGIC, 40, QUOTA_CTL_ARGS.size)
+QGROUP_CREATE = ioc.iow(MAGIC, 42, QGROUP_CREATE_ARGS.size)
+QGROUP_LIMIT = ioc.ior(MAGIC, 43, QGROUP_LIMIT_ARGS.size)   # _IOR in the header, though we write it
+QUOTA_RESCAN_WAIT = ioc.io(MAGIC, 46)
 
 # item types (linux/btrfs_tree.h)
 INODE_ITEM_KEY = 1
@@ -35,39 +43,30 @@ QUOTA_TREE_OBJECTID = 8
 FIRST_FREE_OBJECTID = 256
 LAST_FREE_OBJECTID = 2 ** 64 - 256
 U64_MAX = 2 ** 64 - 1
-
-_VOL_ARGS = 4096
-_NAME_MAX_V1 = 4087          # struct btrfs_ioctl_vol_args: s64 fd + char name[4088]
-_NAME_MAX_V2 = 4039          # struct btrfs_ioctl_vol_args_v2: fd, transid, flags, 4 x u64, name[4040]
+SUBVOL_RDONLY = 1 << 1          # BTRFS_SUBVOL_RDONLY, vol_args_v2.flags
 
 
-def _name(name: str, limit: int) -> bytes:
+def _name(name: str) -> bytes:
+    """A subvolume name as the kernel takes it: one path component of at most 255 bytes
+    (the args' name fields are longer; the NUL after the name is the zeroed rest)."""
     raw = os.fsencode(name)
-    if b"/" in raw or len(raw) > min(limit, 255):
+    if b"/" in raw or len(raw) > VOL_NAME_MAX:
         raise ValueError(f"invalid subvolume name {name!r}")
     return raw
 
 
 def subvol_create(dir_fd: int, name: str) -> None:
-    args = bytearray(_VOL_ARGS)
-    raw = _name(name, _NAME_MAX_V1)
-    args[8:8 + len(raw)] = raw
-    fcntl.ioctl(dir_fd, SUBVOL_CREATE, args)  # a bytearray: bytes are capped at 1 KiB
+    # a bytearray (what pack returns): bytes arguments are capped at 1 KiB
+    fcntl.ioctl(dir_fd, SUBVOL_CREATE, VOL_ARGS.pack(name=_name(name)))
 
 
 def snap_create(source_fd: int, dir_fd: int, name: str, *, read_only: bool = False) -> None:
-    args = bytearray(_VOL_ARGS)
-    struct.pack_into("=qQQ", args, 0, source_fd, 0, 1 << 1 if read_only else 0)
-    raw = _name(name, _NAME_MAX_V2)
-    args[56:56 + len(raw)] = raw
+    args = VOL_ARGS_V2.pack(fd=source_fd, flags=SUBVOL_RDONLY if read_only else 0, name=_name(name))
     fcntl.ioctl(dir_fd, SNAP_CREATE_V2, args)
 
 
 def snap_destroy(dir_fd: int, name: str) -> None:
-    args = bytearray(_VOL_ARGS)
-    raw = _name(name, _NAME_MAX_V1)
-    args[8:8 + len(raw)] = raw
-    fcntl.ioctl(dir_fd, SNAP_DESTROY, args)
+    fcntl.ioctl(dir_fd, SNAP_DESTROY, VOL_ARGS.pack(name=_name(name)))
 
 
 def sync(fd: int) -> None:
@@ -86,27 +85,20 @@ class SubvolInfo:
     otime: float = 0.0       # creation time (seconds since the epoch)
 
 
-_INFO = struct.Struct("=Q256sQQQQ16s16s16sQQQQ")
-
-
 def subvol_info(fd: int) -> SubvolInfo:
     """BTRFS_IOC_GET_SUBVOL_INFO (kernel >= 4.18) of the subvolume ``fd`` is in."""
-    buf = bytearray(0x1F8)
+    buf = bytearray(GET_SUBVOL_INFO_ARGS.size)
     fcntl.ioctl(fd, GET_SUBVOL_INFO, buf)
-    (treeid, _name_, _parent, _dirid, generation, _flags, uuid, parent_uuid, _received,
-     ctransid, otransid, _s, _r) = _INFO.unpack_from(buf)
-    otime_sec, otime_nsec = struct.unpack_from("=QI", buf, 0x188)
-    return SubvolInfo(treeid, generation, uuid, parent_uuid, ctransid, otransid,
-                      otime_sec + otime_nsec / 1e9)
+    got = GET_SUBVOL_INFO_ARGS.unpack(buf)
+    return SubvolInfo(got.treeid, got.generation, got.uuid, got.parent_uuid, got.ctransid,
+                      got.otransid, got.otime_sec + got.otime_nsec / 1e9)
 
 
 def ino_lookup(fd: int, tree_id: int, objectid: int) -> str:
     """Path of directory ``objectid`` inside subvolume ``tree_id`` ("" for its root, else "a/b/")."""
-    buf = bytearray(4096)
-    struct.pack_into("=QQ", buf, 0, tree_id, objectid)
+    buf = INO_LOOKUP_ARGS.pack(treeid=tree_id, objectid=objectid)
     fcntl.ioctl(fd, INO_LOOKUP, buf)
-    raw = bytes(buf[16:]).split(b"\0", 1)[0]
-    return os.fsdecode(raw)
+    return os.fsdecode(INO_LOOKUP_ARGS.unpack(buf).name.split(b"\0", 1)[0])
 
 
 @dataclass(frozen=True)
@@ -118,8 +110,12 @@ class Item:
     data: bytes
 
 
-_KEY = struct.Struct("=7Q4I4Q")
-_HEADER = struct.Struct("=QQQII")
+def _search(fd: int, buf: bytearray, buf_size: int, **key: int) -> int:
+    """One BTRFS_IOC_TREE_SEARCH_V2 over ``buf`` (args, then ``buf_size`` bytes of
+    results); returns how many items the kernel put there."""
+    SEARCH_ARGS_V2.pack_into(buf, 0, buf_size=buf_size, **{f"key_{k}": v for k, v in key.items()})
+    fcntl.ioctl(fd, TREE_SEARCH_V2, buf)
+    return SEARCH_KEY.unpack(buf).nr_items
 
 
 def tree_search(fd: int, tree_id: int, min_key: tuple[int, int, int],
@@ -133,23 +129,23 @@ def tree_search(fd: int, tree_id: int, min_key: tuple[int, int, int],
     """
     min_obj, min_type, min_off = min_key
     max_obj, max_type, max_off = max_key
-    buf = bytearray(_KEY.size + 8 + buf_size)
+    buf = bytearray(SEARCH_ARGS_V2.size + buf_size)
     while True:
-        _KEY.pack_into(buf, 0, tree_id, min_obj, max_obj, min_off, max_off, min_transid,
-                       U64_MAX, min_type, max_type, 4096, 0, 0, 0, 0, 0)
-        struct.pack_into("=Q", buf, _KEY.size, buf_size)
-        fcntl.ioctl(fd, TREE_SEARCH_V2, buf)
-        count = struct.unpack_from("=I", buf, 64)[0]
+        count = _search(fd, buf, buf_size, tree_id=tree_id, min_objectid=min_obj,
+                        max_objectid=max_obj, min_offset=min_off, max_offset=max_off,
+                        min_transid=min_transid, max_transid=U64_MAX, min_type=min_type,
+                        max_type=max_type, nr_items=4096)
         if count == 0:
             return
-        pos = _KEY.size + 8
+        pos = SEARCH_ARGS_V2.size
         last = None
         for _ in range(count):
-            transid, objectid, offset, type_, length = _HEADER.unpack_from(buf, pos)
-            pos += _HEADER.size
-            yield Item(transid, objectid, type_, offset, bytes(buf[pos:pos + length]))
-            pos += length
-            last = (objectid, type_, offset)
+            head = SEARCH_HEADER.unpack(buf, pos)
+            pos += SEARCH_HEADER.size
+            yield Item(head.transid, head.objectid, head.type, head.offset,
+                       bytes(buf[pos:pos + head.len]))
+            pos += head.len
+            last = (head.objectid, head.type, head.offset)
         # continue right after the last key returned (compound key increment)
         obj, type_, off = last
         if off < U64_MAX:
@@ -192,25 +188,26 @@ def _inode_items(fd: int, tree_id: int, first: int, last: int, min_transid: int,
     """tree_search specialised for speed: walks the raw buffer and decodes only
     inode items, instead of building an Item per entry."""
     found: dict[int, bytes] = {}
-    buf = bytearray(_KEY.size + 8 + buf_size)
+    buf = bytearray(SEARCH_ARGS_V2.size + buf_size)
     view = memoryview(buf)
-    header = _HEADER.unpack_from
+    header = SEARCH_HEADER.unpack_from           # positional: this loop is the hot one
+    head_size = SEARCH_HEADER.size
+    transid_at = head_size + INODE_ITEM.offset("transid")   # from the header's start
     u64 = struct.Struct("=Q").unpack_from
     min_obj, min_type, min_off = first, 0, 0
     while True:
-        _KEY.pack_into(buf, 0, tree_id, min_obj, last, min_off, U64_MAX, min_transid,
-                       U64_MAX, min_type, 255, 1 << 30, 0, 0, 0, 0, 0)
-        struct.pack_into("=Q", buf, _KEY.size, buf_size)
-        fcntl.ioctl(fd, TREE_SEARCH_V2, buf)
-        count = struct.unpack_from("=I", buf, 64)[0]
+        count = _search(fd, buf, buf_size, tree_id=tree_id, min_objectid=min_obj,
+                        max_objectid=last, min_offset=min_off, max_offset=U64_MAX,
+                        min_transid=min_transid, max_transid=U64_MAX, min_type=min_type,
+                        max_type=255, nr_items=1 << 30)
         if count == 0:
             return found
-        pos = _KEY.size + 8
+        pos = SEARCH_ARGS_V2.size
         for _ in range(count):
-            _t, objectid, offset, type_, length = header(view, pos)
-            if type_ == INODE_ITEM_KEY and keep(objectid, u64(view, pos + 40)[0]):
-                found[objectid] = bytes(view[pos + 32:pos + 32 + length])
-            pos += 32 + length
+            _transid, objectid, offset, type_, length = header(view, pos)
+            if type_ == INODE_ITEM_KEY and keep(objectid, u64(view, pos + transid_at)[0]):
+                found[objectid] = bytes(view[pos + head_size:pos + head_size + length])
+            pos += head_size + length
         if offset < U64_MAX:
             min_obj, min_type, min_off = objectid, type_, offset + 1
         elif type_ < 255:
@@ -230,20 +227,23 @@ def inode_item(fd: int, tree_id: int, objectid: int) -> bytes | None:
 
 
 def quota_ctl(fd: int, cmd: int) -> None:
-    fcntl.ioctl(fd, QUOTA_CTL, struct.pack("=QQ", cmd, 0))
+    fcntl.ioctl(fd, QUOTA_CTL, QUOTA_CTL_ARGS.pack(cmd=cmd))
 
 
 QUOTA_ENABLE = 1
 
 
 def qgroup_destroy(fd: int, qgroupid: int) -> None:
-    fcntl.ioctl(fd, QGROUP_CREATE, struct.pack("=QQ", 0, qgroupid))
+    fcntl.ioctl(fd, QGROUP_CREATE, QGROUP_CREATE_ARGS.pack(create=0, qgroupid=qgroupid))
 
 
 def qgroup_limit(fd: int, qgroupid: int, max_rfer: int) -> None:
-    # struct btrfs_qgroup_limit: flags, max_rfer, max_excl, rsv_rfer, rsv_excl
-    flags = 1  # BTRFS_QGROUP_LIMIT_MAX_RFER
-    fcntl.ioctl(fd, QGROUP_LIMIT, struct.pack("=6Q", qgroupid, flags, max_rfer, 0, 0, 0))
+    args = QGROUP_LIMIT_ARGS.pack(qgroupid=qgroupid, lim_flags=QGROUP_LIMIT_MAX_RFER,
+                                  lim_max_rfer=max_rfer)
+    fcntl.ioctl(fd, QGROUP_LIMIT, args)
+
+
+QGROUP_LIMIT_MAX_RFER = 1       # lim.flags: max_rfer is set
 
 
 def quota_rescan_wait(fd: int) -> None:

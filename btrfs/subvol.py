@@ -7,9 +7,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 
 from . import ioctl
+from .structs import ROOT_REF
 
 FORCE_IOCTL = os.environ.get("GRAPHDRIVERS_BTRFS_IOCTL", "") == "1"
 _UNLOADED = object()
@@ -131,9 +131,9 @@ def nested_subvolumes(path: str | os.PathLike) -> list[str]:
         found = []
         for item in ioctl.tree_search(fd, ioctl.ROOT_TREE_OBJECTID, (sid, ioctl.ROOT_REF_KEY, 0),
                                       (sid, ioctl.ROOT_REF_KEY, ioctl.U64_MAX)):
-            dirid, _seq, name_len = struct.unpack_from("=QQH", item.data)
-            name = os.fsdecode(item.data[18:18 + name_len])
-            found.append(os.path.join(path, ioctl.ino_lookup(fd, sid, dirid), name))
+            ref = ROOT_REF.unpack(item.data)
+            name = os.fsdecode(item.data[ROOT_REF.size:ROOT_REF.size + ref.name_len])
+            found.append(os.path.join(path, ioctl.ino_lookup(fd, sid, ref.dirid), name))
         return found
     finally:
         os.close(fd)
