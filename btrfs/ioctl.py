@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
-from . import ioc
+from graphdrivers.kernel import ioctl as ioc
 from .structs import (GET_SUBVOL_INFO_ARGS, INO_LOOKUP_ARGS, INODE_ITEM, QGROUP_CREATE_ARGS,
                       QGROUP_LIMIT_ARGS, QUOTA_CTL_ARGS, SEARCH_ARGS_V2, SEARCH_HEADER,
                       SEARCH_KEY, VOL_ARGS, VOL_ARGS_V2, VOL_NAME_MAX)

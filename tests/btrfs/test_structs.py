@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from graphdrivers.btrfs import ioc, ioctl, structs
+from graphdrivers.btrfs import ioctl, structs
+from graphdrivers.kernel import ioctl as ioc
 from graphdrivers.btrfs.layout import PAD, Layout
 
 # name in ioctl.py (BTRFS_IOC_<name>) -> its value from linux/btrfs.h
