@@ -26,9 +26,7 @@ class Layout:
             start = pos
             if isinstance(code, Layout):
                 for sub, sub_code in code._flat:
-                    full = PAD if sub == PAD else f"{fname}_{sub}"
-                    self._add(full, sub_code, start + code.offset(sub) if sub != PAD else 0)
-                pos += code.size
+                    pos += self._add(PAD if sub == PAD else f"{fname}_{sub}", sub_code, pos)
             else:
                 pos += self._add(fname, code, start)
             if fname != PAD:
