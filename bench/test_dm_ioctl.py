@@ -17,6 +17,7 @@ The VM is emulated (TCG): compare the ratios, not absolute times.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import subprocess
@@ -25,7 +26,9 @@ from pathlib import Path
 import pytest
 
 from graphdrivers.kernel import loop as loopback
-from graphdrivers.devmapper import dm, thin
+from graphdrivers.devmapper import dm
+from graphdrivers.devmapper.pool import Pool
+from graphdrivers.devmapper.poolstatus import thin_pool_table, thin_table
 from graphdrivers.kernel.mount import mount, umount, unmount_all_under
 
 REASON = dm.available()
@@ -38,15 +41,21 @@ ROUNDS = {"ioctl": 20, "dmsetup": 8}
 _ids = itertools.count(10)
 
 
+@functools.lru_cache(maxsize=None)
+def _messages(pool: str) -> Pool:
+    """The driver's own pool API on the hand-made pool (its messages, as the driver sends them)."""
+    return Pool(pool, "block", owned=False)
+
+
 class IoctlPath:
     def snapshot_activate(self, pool: str, pool_dev: str, dev_id: int, name: str) -> str:
-        thin.create_snap(pool, dev_id, 1)
-        dm.create(name, thin.thin_table(pool_dev, dev_id, BASE_SECTORS))
+        _messages(pool).create_snap(dev_id, 1)
+        dm.create(name, thin_table(pool_dev, dev_id, BASE_SECTORS))
         return dm.device_path(name)
 
     def remove_delete(self, pool: str, dev_id: int, name: str) -> None:
         dm.remove(name)
-        thin.delete_thin(pool, dev_id)
+        _messages(pool).delete_thin(dev_id)
 
 
 class DmsetupPath:
@@ -84,13 +93,14 @@ def pool(tmp_path_factory):
     name = f"gdbench-{os.getpid()}-pool"
     made: list[str] = []
     try:
-        dm.create(name, thin.thin_pool_table(loops[0].path, loops[1].path, 2048 * MiB // 512, 128))
+        dm.create(name, thin_pool_table(loops[0].path, loops[1].path, 2048 * MiB // 512, 128,
+                                        features=("skip_block_zeroing",)))
         made.append(name)
         info = dm.info(name)
         pool_dev = f"{info.major}:{info.minor}"
-        thin.create_thin(name, 1)
+        _messages(name).create_thin(1)
         base = f"gdbench-{os.getpid()}-base"
-        dm.create(base, thin.thin_table(pool_dev, 1, BASE_SECTORS))
+        dm.create(base, thin_table(pool_dev, 1, BASE_SECTORS))
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", dm.device_path(base)],
                        check=True)
         dm.remove(base)
@@ -121,7 +131,7 @@ def _undo(pool, dev_id: int, device: str, target: Path) -> None:
     name, _pool_dev, _directory, made = pool
     umount(target, retries=5)
     dm.remove(device, retries=50)
-    thin.delete_thin(name, dev_id)
+    _messages(name).delete_thin(dev_id)
     made.remove(device)
     target.rmdir()
 

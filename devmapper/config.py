@@ -13,6 +13,8 @@ from typing import Any, Mapping
 from graphdrivers.errors import InvalidOption
 from graphdrivers.options import Option, parse_bool, parse_int, parse_options, parse_size
 
+from .poolstatus import MAX_BLOCK_SECTORS, MIN_BLOCK_SECTORS, SECTOR
+
 GiB = 1 << 30
 MiB = 1 << 20
 KiB = 1 << 10
@@ -28,7 +30,8 @@ def _fs(text: str) -> str:
 def _blocksize(text: str) -> int:
     # The thin-pool target wants a multiple of 64 KiB between 64 KiB and 1 GiB.
     size = parse_size(text)
-    if size % (64 * KiB) or not 64 * KiB <= size <= GiB:
+    low, high = MIN_BLOCK_SECTORS * SECTOR, MAX_BLOCK_SECTORS * SECTOR
+    if size % low or not low <= size <= high:
         raise ValueError("must be a multiple of 64KB between 64KB and 1GB")
     return size
 

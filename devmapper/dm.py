@@ -12,8 +12,8 @@ it ourselves when it is missing (udev may win the race: EEXIST is fine) and
 never wait for udev. udev's probes may briefly hold a new device open, so
 remove retries EBUSY.
 
-The thin-pool helpers (create_thin, pool_status, table builders, ...) live in
-``thin.py`` and are also reachable here as ``dm.<name>``.
+Nothing here knows the thin-pool target: its messages and status live in
+pool.py, its text formats in poolstatus.py.
 """
 from __future__ import annotations
 
@@ -531,18 +531,3 @@ def clear_table(name: str) -> None:
     """Drop a loaded inactive table."""
     _ioctl(_TABLE_CLEAR, name)
 
-
-# -- thin helpers re-exported from thin.py (lazy, to avoid a circular import) --
-
-_THIN_NAMES = frozenset({
-    "create_thin", "create_snap", "delete_thin", "set_transaction_id", "pool_status",
-    "thin_status", "PoolStatus", "ThinStatus", "parse_pool_status", "parse_thin_status",
-    "thin_pool_table", "thin_table", "MAX_DEVICE_ID",
-})
-
-
-def __getattr__(attr: str):
-    if attr in _THIN_NAMES:
-        from graphdrivers.devmapper import thin
-        return getattr(thin, attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

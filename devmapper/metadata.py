@@ -24,7 +24,7 @@ from typing import Iterator
 from graphdrivers.store.atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
 from graphdrivers.errors import DriverError, NoSpace
 
-MAX_DEVICE_ID = 0xFFFFFF  # dm-thin device ids are 24 bits
+from .poolstatus import MAX_DEVICE_ID
 
 
 @dataclass

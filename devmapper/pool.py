@@ -17,11 +17,11 @@ from graphdrivers.errors import DriverError, InvalidOption, NoSpace, NotSupporte
 
 from . import blockdev, dm, faults
 from .config import Config
-from .poolstatus import SECTOR, PoolStatus, parse_pool_status
+from .poolstatus import (SECTOR, PoolStatus, ThinStatus, check_device_id, parse_pool_status,
+                         parse_thin_status, thin_pool_table, thin_table)
 
 log = logging.getLogger(__name__)
 
-LOW_WATER_BLOCKS = 32768
 # error_if_no_space: a full pool fails writes at once (ENOSPC) instead of queueing
 # them for 60 s; skip_block_zeroing: the filesystem never reads what it did not write.
 FEATURES = ("skip_block_zeroing", "error_if_no_space")
@@ -180,16 +180,18 @@ class Pool:
 
     def _create_table(self, cfg: Config, meta: str, data: str, data_bytes: int) -> None:
         block_sectors = cfg.blocksize // SECTOR
-        sectors = data_bytes // SECTOR // block_sectors * block_sectors
-        if sectors < block_sectors * 16:
+        if data_bytes // SECTOR // block_sectors < 16:
             raise InvalidOption(f"the pool's data device {data} is too small ({data_bytes} bytes)")
-        dm.create(self.name, [(0, sectors, "thin-pool", _pool_params(meta, data, block_sectors))])
+        dm.create(self.name, thin_pool_table(meta, data, data_bytes // SECTOR, block_sectors,
+                                             features=FEATURES))
 
     # -- messages ---------------------------------------------------------
-    def status(self) -> PoolStatus:
-        rows = dm.status(self.name)
-        if not rows:
-            raise DriverError(f"thin pool {self.name} has no table")
+    def status(self, *, noflush: bool = False) -> PoolStatus:
+        """The pool's status (by default the pool commits its metadata first)."""
+        rows = dm.status(self.name, noflush=noflush)
+        if len(rows) != 1 or rows[0][2] != "thin-pool":
+            raise DriverError(f"{self.name} is not a thin pool (its table: "
+                              f"{', '.join(r[2] for r in rows) or 'none'})")
         return parse_pool_status(rows[0][1], rows[0][3])
 
     def transaction_id(self) -> int:
@@ -199,12 +201,19 @@ class Pool:
         dm.message(self.name, f"set_transaction_id {old} {new}")
 
     def create_thin(self, device_id: int) -> None:
+        """New empty thin device ``device_id`` (EEXIST if the id is taken)."""
+        check_device_id(device_id)
         dm.message(self.name, f"create_thin {device_id}")
 
     def create_snap(self, device_id: int, origin_id: int) -> None:
+        """Snapshot ``origin_id`` as ``device_id``; an active origin must be suspended."""
+        check_device_id(device_id)
+        check_device_id(origin_id)
         dm.message(self.name, f"create_snap {device_id} {origin_id}")
 
     def delete_thin(self, device_id: int) -> None:
+        """Delete thin device ``device_id`` (it must not be active; ENODATA if unknown)."""
+        check_device_id(device_id)
         dm.message(self.name, f"delete {device_id}")
 
     # -- thin devices -----------------------------------------------------
@@ -217,7 +226,7 @@ class Pool:
     def activate(self, name: str, device_id: int, size: int) -> str:
         """Make /dev/mapper/<name> for thin ``device_id`` (cancelling a pending deferred remove)."""
         info = dm.info(name)
-        table = [(0, size // SECTOR, "thin", f"{self.majmin()} {device_id}")]
+        table = thin_table(self.majmin(), device_id, size // SECTOR)
         if info is not None and info.deferred_remove:
             try:
                 dm.message(name, "@cancel_deferred_remove")
@@ -354,6 +363,14 @@ def block_path(name: str) -> str:
     return dm.device_path(name)
 
 
+def thin_status(name: str) -> ThinStatus:
+    """The status of the active thin device ``name`` (how much of it is mapped)."""
+    rows = dm.status(name)
+    if len(rows) != 1 or rows[0][2] != "thin":
+        raise DriverError(f"{name} is not a thin device")
+    return parse_thin_status(rows[0][3])
+
+
 def _adopt(name: str):
     """Info of a running pool, resumed if a process died with it suspended (mid-resize)."""
     info = dm.info(name)
@@ -362,10 +379,6 @@ def _adopt(name: str):
         dm.resume(name)
         info = dm.info(name)
     return info
-
-
-def _pool_params(meta: str, data: str, block_sectors: int) -> str:
-    return f"{meta} {data} {block_sectors} {LOW_WATER_BLOCKS} {len(FEATURES)} {' '.join(FEATURES)}"
 
 
 def _zero_header(path: str) -> None:

@@ -1,4 +1,5 @@
-"""The device-mapper binding (devmapper/dm.py, devmapper/thin.py).
+"""The device-mapper binding (devmapper/dm.py) and the thin pool's messages and text
+(devmapper/pool.py, devmapper/poolstatus.py), driven by hand.
 
 The parsing and packing cases run anywhere. The rest drive a real thin pool on
 loop devices and need a kernel with device-mapper: they are marked
@@ -21,7 +22,10 @@ from pathlib import Path
 import pytest
 
 from graphdrivers.kernel import loop as loopback
-from graphdrivers.devmapper import dm, thin
+from graphdrivers.devmapper import dm
+from graphdrivers.devmapper import pool as thinpool
+from graphdrivers.devmapper.poolstatus import (ThinStatus, parse_pool_status, parse_thin_status,
+                                               thin_pool_table, thin_table)
 from graphdrivers.kernel.mount import mount, unmount_all_under, umount
 
 REASON = dm.available()
@@ -81,49 +85,53 @@ def test_dm_error_names_the_ioctl_the_device_and_keeps_errno():
 
 
 def test_parse_pool_status():
-    st = thin.parse_pool_status(
+    st = parse_pool_status(
         2097152, "7 20/16384 96/16384 - rw no_discard_passdown error_if_no_space needs_check 4096")
     assert (st.transaction_id, st.used_meta_blocks, st.total_meta_blocks) == (7, 20, 16384)
     assert (st.used_data_blocks, st.total_data_blocks, st.held_root) == (96, 16384, None)
     assert st.mode == "rw" and st.needs_check and not st.discard_passdown
     assert st.no_space_policy == "error" and st.metadata_low_watermark == 4096
     assert st.block_sectors == 128
-    assert st.data_used_bytes == 96 * 64 * 1024 and st.meta_total_bytes == 16384 * 4096
-    old = thin.parse_pool_status(1024, "0 1/2 3/4 55 out_of_data_space discard_passdown "
+    assert st.data_used == 96 * 64 * 1024 and st.meta_total == 16384 * 4096
+    old = parse_pool_status(1024, "0 1/2 3/4 55 out_of_data_space discard_passdown "
                                        "queue_if_no_space -")
     assert old.held_root == 55 and old.mode == "out_of_data_space" and not old.needs_check
     assert old.metadata_low_watermark is None and old.no_space_policy == "queue"
-    assert thin.parse_pool_status(1024, "Fail").mode == "fail"
+    assert parse_pool_status(1024, "Fail").mode == "fail"
     with pytest.raises(ValueError):
-        thin.parse_pool_status(1024, "0 1 2 - rw")
+        parse_pool_status(1024, "0 1 2 - rw")
 
 
 def test_parse_thin_status():
-    assert thin.parse_thin_status("2048 4095") == thin.ThinStatus(2048, 4095)
-    assert thin.parse_thin_status("0 -") == thin.ThinStatus(0, None)
-    assert thin.parse_thin_status("Fail").failed
+    assert parse_thin_status("2048 4095") == ThinStatus(2048, 4095)
+    assert parse_thin_status("0 -") == ThinStatus(0, None)
+    assert parse_thin_status("Fail").failed
 
 
 def test_table_builders_validate():
-    assert thin.thin_pool_table("7:1", "7:0", 1000, 128) == [
+    assert thin_pool_table("7:1", "7:0", 1000, 128, features=("skip_block_zeroing",)) == [
         (0, 896, "thin-pool", "7:1 7:0 128 32768 1 skip_block_zeroing")]
-    assert thin.thin_pool_table("a", "b", 256, 128, 10, ())[0][3] == "a b 128 10 0"
+    assert thin_pool_table("a", "b", 256, 128, 10, ())[0][3] == "a b 128 10 0"
     for bad in (64, 100, 4194304):
         with pytest.raises(ValueError):
-            thin.thin_pool_table("a", "b", 1 << 30, bad)
+            thin_pool_table("a", "b", 1 << 30, bad)
     with pytest.raises(ValueError):
-        thin.thin_pool_table("a", "b", 100, 128)
-    assert thin.thin_table("253:0", 5, 8) == [(0, 8, "thin", "253:0 5")]
+        thin_pool_table("a", "b", 100, 128)
+    assert thin_table("253:0", 5, 8) == [(0, 8, "thin", "253:0 5")]
     with pytest.raises(dm.DmError):
-        thin.thin_table("253:0", 1 << 24, 8)
+        thin_table("253:0", 1 << 24, 8)
     with pytest.raises(ValueError):
-        thin.thin_table("253:0", 1, 0)
+        thin_table("253:0", 1, 0)
 
 
-def test_thin_names_are_reachable_through_dm():
-    assert dm.create_thin is thin.create_thin and dm.PoolStatus is thin.PoolStatus
-    with pytest.raises(AttributeError):
-        dm.no_such_name  # noqa: B018
+def test_pool_messages_refuse_ids_the_pool_cannot_hold():
+    # checked before the kernel: this pool does not exist, the id check answers first
+    pool = thinpool.Pool("gdtest-no-such-pool", "block", owned=False)
+    for send in (lambda: pool.create_thin(1 << 24), lambda: pool.create_snap(1, -1),
+                 lambda: pool.delete_thin(1 << 24)):
+        with pytest.raises(dm.DmError) as exc:
+            send()
+        assert exc.value.errno == errno.EINVAL
 
 
 def test_available_says_why_not_on_a_host_without_device_mapper():
@@ -149,21 +157,20 @@ def _remove_quietly(name: str) -> None:
         print(f"cleanup: {exc}")
 
 
-class Pool:
+class HandPool(thinpool.Pool):
+    """A pool built by hand, through the driver's own Pool API (messages, status)."""
+
     def __init__(self, name: str, loops: list[loopback.LoopDevice]) -> None:
-        self.name = name
+        super().__init__(name, "block", owned=False, metadata_device=loops[0].path,
+                         data_device=loops[1].path)
         self.loops = loops
         self.devices: list[str] = []   # thin devices to remove before the pool
 
-    @property
-    def majmin(self) -> str:
-        info = dm.info(self.name)
-        return f"{info.major}:{info.minor}"
-
-    def activate(self, dev_id: int, sectors: int = THIN_SECTORS) -> str:
+    def open_thin(self, dev_id: int, sectors: int = THIN_SECTORS) -> str:
+        """Activate thin ``dev_id`` with a hand-made table (no driver logic in between)."""
         name = _name(f"thin{dev_id}")
         self.devices.append(name)
-        dm.create(name, thin.thin_table(self.majmin, dev_id, sectors))
+        dm.create(name, thin_table(self.majmin(), dev_id, sectors))
         return name
 
 
@@ -185,8 +192,9 @@ def _pool(directory: Path, *, direct_io: bool = False, data_size: int = 1024 * M
         loops.append(loopback.attach(meta, direct_io=direct_io))
         loops.append(loopback.attach(data, direct_io=direct_io))
         name = _name("pool")
-        pool = Pool(name, loops)
-        dm.create(name, thin.thin_pool_table(loops[0].path, loops[1].path, data_size // 512, 128))
+        pool = HandPool(name, loops)
+        dm.create(name, thin_pool_table(loops[0].path, loops[1].path, data_size // 512, 128,
+                                        features=("skip_block_zeroing",)))
         yield pool
     finally:
         unmount_all_under(directory)
@@ -211,9 +219,9 @@ def _mkfs(device: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def _try_delete(pool: str, dev_id: int) -> bool:
+def _try_delete(pool: HandPool, dev_id: int) -> bool:
     try:
-        thin.delete_thin(pool, dev_id)
+        pool.delete_thin(dev_id)
     except dm.DmError as exc:
         if exc.errno != errno.EBUSY:
             raise
@@ -247,8 +255,8 @@ def test_versions_and_targets():
 
 @needs_dm
 def test_thin_snapshot_cycle_with_a_filesystem(pool, tmp_path):
-    thin.create_thin(pool.name, 1)
-    origin = pool.activate(1)
+    pool.create_thin(1)
+    origin = pool.open_thin(1)
     info = dm.info(origin)
     assert info is not None and info.target_count == 1 and not info.suspended
     assert info.open_count == 0 and not info.read_only and not info.deferred_remove
@@ -256,7 +264,7 @@ def test_thin_snapshot_cycle_with_a_filesystem(pool, tmp_path):
     assert path == f"/dev/mapper/{origin}"
     st = os.stat(path)
     assert stat.S_ISBLK(st.st_mode) and st.st_rdev == os.makedev(info.major, info.minor)
-    assert dm.table(origin) == [(0, THIN_SECTORS, "thin", f"{pool.majmin} 1")]
+    assert dm.table(origin) == [(0, THIN_SECTORS, "thin", f"{pool.majmin()} 1")]
     assert origin in dm.list_devices() and pool.name in dm.list_devices()
 
     _mkfs(path)
@@ -270,22 +278,22 @@ def test_thin_snapshot_cycle_with_a_filesystem(pool, tmp_path):
 
         dm.suspend(origin)                 # freezes the mounted filesystem
         assert dm.info(origin).suspended
-        thin.create_snap(pool.name, 2, 1)
+        pool.create_snap(2, 1)
         dm.resume(origin)
         assert not dm.info(origin).suspended
         (mnt_origin / "file").write_text("after the snapshot")
 
-        snap = pool.activate(2)
+        snap = pool.open_thin(2)
         mount(dm.device_path(snap), mnt_snap, "ext4")
         try:
             assert (mnt_snap / "file").read_text() == "before the snapshot"
         finally:
             umount(mnt_snap)
-        assert thin.thin_status(snap).mapped_sectors > 0
+        assert thinpool.thin_status(snap).mapped_sectors > 0
     finally:
         umount(mnt_origin)
 
-    status = thin.pool_status(pool.name)
+    status = pool.status()
     assert status.mode == "rw" and not status.needs_check and status.transaction_id == 0
     assert status.used_data_blocks > 0 and status.total_data_blocks == 1024 * MiB // (64 * 1024)
     assert status.block_sectors == 128 and status.used_meta_blocks > 0
@@ -294,20 +302,20 @@ def test_thin_snapshot_cycle_with_a_filesystem(pool, tmp_path):
     dm.remove(origin)
     assert dm.info(snap) is None and dm.info(origin) is None
     assert not os.path.exists(f"/dev/mapper/{snap}")
-    thin.delete_thin(pool.name, 2)
-    thin.delete_thin(pool.name, 1)
-    assert _wait_until(lambda: thin.pool_status(pool.name).used_data_blocks == 0)
+    pool.delete_thin(2)
+    pool.delete_thin(1)
+    assert _wait_until(lambda: pool.status().used_data_blocks == 0)
 
 
 @needs_dm
 def test_set_transaction_id_is_compare_and_set(pool):
-    assert thin.pool_status(pool.name).transaction_id == 0
-    thin.set_transaction_id(pool.name, 0, 1)
-    assert thin.pool_status(pool.name).transaction_id == 1
+    assert pool.status().transaction_id == 0
+    pool.set_transaction_id(0, 1)
+    assert pool.status().transaction_id == 1
     with pytest.raises(dm.DmError) as exc:
-        thin.set_transaction_id(pool.name, 0, 2)   # stale "old"
+        pool.set_transaction_id(0, 2)   # stale "old"
     assert exc.value.errno == errno.EINVAL
-    assert thin.pool_status(pool.name, noflush=True).transaction_id == 1
+    assert pool.status(noflush=True).transaction_id == 1
 
 
 @needs_dm
@@ -318,20 +326,20 @@ def test_message_errors_carry_errno(pool):
     assert exc.value.errno == errno.ENXIO
     assert missing in str(exc.value) and "DM_TARGET_MSG" in str(exc.value)
 
-    thin.create_thin(pool.name, 7)
+    pool.create_thin(7)
     with pytest.raises(dm.DmError) as exc:
-        thin.create_thin(pool.name, 7)
+        pool.create_thin(7)
     assert exc.value.errno == errno.EEXIST
     with pytest.raises(dm.DmError) as exc:
-        thin.create_snap(pool.name, 8, 99)   # no such origin
+        pool.create_snap(8, 99)   # no such origin
     assert exc.value.errno != 0
     with pytest.raises(dm.DmError) as exc:
-        thin.delete_thin(pool.name, 99)
+        pool.delete_thin(99)
     assert exc.value.errno != 0
     with pytest.raises(dm.DmError) as exc:
         dm.message(pool.name, "no_such_message")
     assert exc.value.errno == errno.EINVAL
-    thin.delete_thin(pool.name, 7)
+    pool.delete_thin(7)
 
 
 @needs_dm
@@ -355,26 +363,26 @@ def test_failed_create_leaves_no_device(pool):
     assert exc.value.errno == errno.EINVAL and "DM_TABLE_LOAD" in str(exc.value)
     assert dm.info(name) is None
     with pytest.raises(dm.DmError):
-        dm.create(name, thin.thin_table(pool.majmin, 42, 8))   # id 42 is not in the pool
+        dm.create(name, thin_table(pool.majmin(), 42, 8))   # id 42 is not in the pool
     assert dm.info(name) is None
     assert not os.path.exists(f"/dev/mapper/{name}")
 
 
 @needs_dm
 def test_create_twice_is_eexist(pool):
-    thin.create_thin(pool.name, 1)
-    name = pool.activate(1)
+    pool.create_thin(1)
+    name = pool.open_thin(1)
     with pytest.raises(dm.DmError) as exc:
-        dm.create(name, thin.thin_table(pool.majmin, 1, 8))
+        dm.create(name, thin_table(pool.majmin(), 1, 8))
     assert exc.value.errno == errno.EBUSY or exc.value.errno == errno.EEXIST
     assert dm.info(name) is not None   # the failed create did not remove the existing one
 
 
 @needs_dm
 def test_reload_grows_a_device(pool):
-    thin.create_thin(pool.name, 1)
-    name = pool.activate(1, sectors=2048)
-    bigger = thin.thin_table(pool.majmin, 1, 4096)
+    pool.create_thin(1)
+    name = pool.open_thin(1, sectors=2048)
+    bigger = thin_table(pool.majmin(), 1, 4096)
     dm.load_table(name, bigger)
     info = dm.info(name)
     assert info.inactive_table and dm.table(name)[0][1] == 2048
@@ -391,8 +399,8 @@ def test_reload_grows_a_device(pool):
 
 @needs_dm
 def test_missing_or_stale_node_is_recreated(pool):
-    thin.create_thin(pool.name, 1)
-    name = pool.activate(1)
+    pool.create_thin(1)
+    name = pool.open_thin(1)
     path = f"/dev/mapper/{name}"
     os.unlink(path)
     assert dm.device_path(name) == path
@@ -406,8 +414,8 @@ def test_missing_or_stale_node_is_recreated(pool):
 
 @needs_dm
 def test_busy_device_sync_remove_fails_with_ebusy(pool):
-    thin.create_thin(pool.name, 1)
-    name = pool.activate(1)
+    pool.create_thin(1)
+    name = pool.open_thin(1)
     fd = os.open(dm.device_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         with pytest.raises(dm.DmError) as exc:
@@ -422,8 +430,8 @@ def test_busy_device_sync_remove_fails_with_ebusy(pool):
 
 @needs_dm
 def test_deferred_remove_of_an_open_device(pool):
-    thin.create_thin(pool.name, 1)
-    name = pool.activate(1)
+    pool.create_thin(1)
+    name = pool.open_thin(1)
     fd = os.open(dm.device_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         dm.remove(name, deferred=True)
@@ -434,20 +442,20 @@ def test_deferred_remove_of_an_open_device(pool):
     assert _wait_until(lambda: dm.info(name) is None), "deferred remove did not happen on close"
     # the pool can delete the id once the device is gone; the name disappears a
     # moment before the kernel's worker has closed the thin device (EBUSY meanwhile)
-    assert _wait_until(lambda: _try_delete(pool.name, 1))
+    assert _wait_until(lambda: _try_delete(pool, 1))
     # without udev the node outlives the device: pruning (or the next create) fixes it
     assert name in dm.prune_stale_nodes() or not os.path.lexists(f"/dev/mapper/{name}")
     assert not os.path.lexists(f"/dev/mapper/{name}")
-    thin.create_thin(pool.name, 1)
-    dm.create(name, thin.thin_table(pool.majmin, 1, THIN_SECTORS))
+    pool.create_thin(1)
+    dm.create(name, thin_table(pool.majmin(), 1, THIN_SECTORS))
     info = dm.info(name)
     assert os.stat(dm.device_path(name)).st_rdev == os.makedev(info.major, info.minor)
 
 
 @needs_dm
 def test_cancel_deferred_remove(pool):
-    thin.create_thin(pool.name, 1)
-    name = pool.activate(1)
+    pool.create_thin(1)
+    name = pool.open_thin(1)
     fd = os.open(dm.device_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         dm.remove(name, deferred=True)
@@ -461,8 +469,8 @@ def test_cancel_deferred_remove(pool):
 
 @needs_dm
 def test_deferred_remove_of_an_idle_device_is_immediate(pool):
-    thin.create_thin(pool.name, 1)
-    name = pool.activate(1)
+    pool.create_thin(1)
+    name = pool.open_thin(1)
     dm.remove(name, deferred=True)
     assert dm.info(name) is None
     assert not os.path.exists(f"/dev/mapper/{name}")
@@ -487,8 +495,8 @@ def test_pool_on_direct_io_loop_devices(tmp_path):
     try:
         with _pool(fs, direct_io=True) as pool:
             assert all(loopback.direct_io_enabled(lo.path) for lo in pool.loops)
-            thin.create_thin(pool.name, 1)
-            name = pool.activate(1)
+            pool.create_thin(1)
+            name = pool.open_thin(1)
             payload = os.urandom(4 * MiB)
             fd = os.open(dm.device_path(name), os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -498,13 +506,13 @@ def test_pool_on_direct_io_loop_devices(tmp_path):
                 os.close(fd)
             dm.remove(name)
             pool.devices.remove(name)
-            name = pool.activate(1)
+            name = pool.open_thin(1)
             fd = os.open(dm.device_path(name), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 assert os.pread(fd, len(payload), 8 * MiB) == payload
             finally:
                 os.close(fd)
-            assert thin.pool_status(pool.name).used_data_blocks >= 4 * MiB // (64 * 1024)
+            assert pool.status().used_data_blocks >= 4 * MiB // (64 * 1024)
     finally:
         unmount_all_under(tmp_path)
         loop.close()
