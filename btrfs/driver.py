@@ -316,7 +316,7 @@ class BtrfsDriver(NaiveDiff, Driver):
             return None
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
-        base = self._naive_check(id, parent)
+        base = self._diff_args(id, parent)[1]
         if base is not None:
             with self._mounted(id), self._mounted(base):
                 found = self._native(id, base)
@@ -325,7 +325,7 @@ class BtrfsDriver(NaiveDiff, Driver):
         return super().changes(id, parent)
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
-        base = self._naive_check(id, parent)
+        base = self._diff_args(id, parent)[1]
         if base is not None:
             with self._mounted(id) as root, self._mounted(base):
                 found = self._native(id, base)
@@ -334,7 +334,7 @@ class BtrfsDriver(NaiveDiff, Driver):
         return super().diff_size(id, parent)
 
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        base = self._naive_check(id, parent)
+        base = self._diff_args(id, parent)[1]
         if base is not None and self.native_diff:
             root = self.mount(id)
             released = False
