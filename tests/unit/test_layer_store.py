@@ -121,3 +121,26 @@ def test_import_runs_once_for_a_home_without_records(tmp_path):
     assert LayerStore(tmp_path, old_records).children("old") == ["kid"]
     assert LayerStore(tmp_path, old_records).get("kid").rw is True
     assert calls == [1]
+
+
+def _create_many(home: str, prefix: str, n: int) -> subprocess.Popen:
+    code = ("import sys, graphdrivers; d = graphdrivers.load('vfs', sys.argv[1]); "
+            "[d.create(f'{sys.argv[2]}{i}', 'base') for i in range(int(sys.argv[3]))]")
+    return subprocess.Popen([sys.executable, "-c", code, home, prefix, str(n)],
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_creates_from_two_processes(tmp_path):
+    home = tmp_path / "home"
+    driver = graphdrivers.load("vfs", home)
+    driver.create("base")
+    procs = [_create_many(str(home), prefix, 40) for prefix in ("a", "b")]
+    for proc in procs:
+        assert proc.wait(120) == 0, proc.stderr.read()
+    expected = {"base"} | {f"{p}{i}" for p in "ab" for i in range(40)}
+    assert set(driver.layers()) == expected
+    assert set(graphdrivers.load("vfs", home).layers()) == expected
+    assert driver.store.children("base") == sorted(expected - {"base"})
+    assert sorted(os.listdir(home / "vfs/dir")) == sorted(expected)
+    with pytest.raises(LayerInUse):
+        driver.remove("base")
