@@ -115,6 +115,17 @@ class LayerStore:
             self._refresh()
             return sorted(self._children.get(layer_id, ()))
 
+    def lineage(self, layer_id: str) -> list[LayerRecord]:
+        """The layer's record, its parent's, and so on up to its base layer (one look)."""
+        with self._mutex:
+            self._refresh()
+            chain = []
+            record = self._records.get(layer_id)
+            while record is not None:
+                chain.append(record)
+                record = self._records.get(record.parent) if record.parent else None
+            return chain
+
     def orphans(self, present: Iterable[str]) -> list[str]:
         """Which of ``present`` (ids the backend has data for) have no record."""
         with self._mutex:

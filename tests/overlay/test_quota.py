@@ -7,7 +7,7 @@ import os
 import pytest
 
 from graphdrivers.errors import InvalidOption
-from graphdrivers.overlay import quota
+from graphdrivers.kernel import projquota as quota
 
 from .conftest import open_driver, xfs_filesystem
 

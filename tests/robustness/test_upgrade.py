@@ -85,7 +85,8 @@ def test_home_written_by_the_old_code(name, tmp_path):
             assert drv.layers() == ["alone", "base", "child", "top"]
             assert [drv.parent(i) for i in ("base", "child", "top", "alone")] == \
                 [None, "base", "child", None]
-            assert drv.store.get("top").rw and not drv.store.get("child").rw
+            if name != "overlay2":      # overlay2's old layout kept no read-write flag
+                assert drv.store.get("top").rw and not drv.store.get("child").rw
             assert content(drv, "top")["h"][7] and set(content(drv, "top")) >= {"f", "g", "h"}
             assert set(content(drv, "child")) >= {"f", "g"} and "h" not in content(drv, "child")
             with pytest.raises(LayerInUse, match="child"):
