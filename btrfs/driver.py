@@ -113,7 +113,7 @@ class BtrfsDriver(NaiveDiff, Driver):
 
     def _drop_orphan_quota_files(self) -> None:
         for entry in os.scandir(self.home / "quotas"):
-            if is_valid_id(entry.name) and not self.store.exists(entry.name):
+            if is_valid_id(entry.name) and not self.layer_store.exists(entry.name):
                 os.unlink(entry.path)
 
     def _enable_quotas(self) -> None:

@@ -74,7 +74,7 @@ class Driver(abc.ABC):
 
     name: str = ""
     OPTIONS: Mapping[str, Option] = {}
-    store: LayerStore | None = None
+    layer_store: LayerStore | None = None
 
     def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None):
         self.home = pathlib.Path(home)
@@ -109,18 +109,18 @@ class Driver(abc.ABC):
         """Open the layer store (built from the backend's old records on a home from
         before it) and delete what a crash left: layer data without a record."""
         with os_errors(f"open the layer records in {self.home}"):
-            self.store = LayerStore(self.home, self._import_records)
-            for orphan in self.store.orphans(self._data_ids()):
+            self.layer_store = LayerStore(self.home, self._import_records)
+            for orphan in self.layer_store.orphans(self._data_ids()):
                 with self._locks.hold(orphan):      # a live process may be creating it
-                    if not self.store.exists(orphan):
+                    if not self.layer_store.exists(orphan):
                         self._remove_data(orphan)
 
     def _record(self, id: str, what: str = "layer") -> LayerRecord:
-        if self.store is None:   # a driver with records of its own (devicemapper, until it adopts)
+        if self.layer_store is None:   # a driver with records of its own (devicemapper, until it adopts)
             if not self.exists(id):
                 raise LayerNotFound(f"{what} {id} does not exist in {self.home}")
             return LayerRecord(id, self.parent(id))
-        return self.store.require(id, what)
+        return self.layer_store.require(id, what)
 
     # -- layers -------------------------------------------------------------
     def create(self, id: str, parent: str | None = None, *, rw: bool = False,
@@ -130,7 +130,7 @@ class Driver(abc.ABC):
             check_id(parent, "parent layer id")
         options = self._create_options(storage_opt, rw)
         with self._locks.hold(id):
-            if self.store.exists(id):
+            if self.layer_store.exists(id):
                 raise LayerExists(f"layer {id} already exists")
             base = self._record(parent, "parent layer") if parent is not None else None
             record = LayerRecord(id, parent, bool(rw))
@@ -138,11 +138,11 @@ class Driver(abc.ABC):
                 with os_errors(f"create layer {id}"):
                     fields = self._create_data(record, base, options, mount_label)
                     faults.point(f"{self.name}.create.after_data")
-                    self.store.add(LayerRecord(id, parent, bool(rw), fields or {}))
+                    self.layer_store.add(LayerRecord(id, parent, bool(rw), fields or {}))
             except BaseException:
                 with contextlib.suppress(OSError):   # else the next load deletes it
                     self._remove_data(id)
-                if parent is not None and not self.store.exists(parent):
+                if parent is not None and not self.layer_store.exists(parent):
                     raise LayerNotFound(f"parent layer {parent} of {id} was removed "
                                         "while the layer was made") from None
                 raise
@@ -154,10 +154,10 @@ class Driver(abc.ABC):
             busy = self._busy(id)
             if busy:
                 raise LayerInUse(f"layer {id} is {busy}; unmount it before removing it")
-            self.store.check_removable(id)
+            self.layer_store.check_removable(id)
             with os_errors(f"remove layer {id}"):
                 self._prepare_remove(id)        # may still refuse: the layer stays whole
-                self.store.remove(id)           # the record first: from here on it is gone
+                self.layer_store.remove(id)           # the record first: from here on it is gone
                 faults.point(f"{self.name}.remove.after_record")
                 self._remove_data(id)
             self.home_run.forget_lock(id)
@@ -172,16 +172,16 @@ class Driver(abc.ABC):
     def unmount(self, id: str) -> None:
         check_id(id)
         with self._locks.hold(id):
-            record = self.store.get(id)
+            record = self.layer_store.get(id)
             with os_errors(f"unmount layer {id}"):
                 self._unmount_data(id, record)
 
     def exists(self, id: str) -> bool:
-        return is_valid_id(id) and self.store.exists(id)
+        return is_valid_id(id) and self.layer_store.exists(id)
 
     def layers(self) -> list[str]:
         """Ids of every layer this driver holds (for `layer ls`)."""
-        return self.store.ids()
+        return self.layer_store.ids()
 
     def parent(self, id: str) -> str | None:
         """The parent a layer was created on, or None for a base layer."""

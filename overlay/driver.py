@@ -225,7 +225,7 @@ class Overlay2Driver(NaiveDiff, Driver):
 
     def _restore_links(self) -> None:
         """Every recorded layer's ``l/`` link exists (a power cut may have lost one)."""
-        for record in self.store.records():
+        for record in self.layer_store.records():
             short = record.fields.get("link")
             link = self.home / LINK_DIR / short if short else None
             if link is not None and not os.path.lexists(link):
@@ -250,7 +250,7 @@ class Overlay2Driver(NaiveDiff, Driver):
     def _lowers(self, record: LayerRecord) -> list[str]:
         """``l/<short>`` of every parent, nearest first (what the ``lower`` file says)."""
         return [f"{LINK_DIR}/{r.fields.get('link', '')}"
-                for r in self.store.lineage(record.id)[1:]]
+                for r in self.layer_store.lineage(record.id)[1:]]
 
     def _mount_call(self, target: str, lowers: list[str], upper: str | None, work: str | None,
                     readonly: bool, options: list[tuple[str, str | None]] | None = None) -> None:
@@ -383,7 +383,7 @@ class Overlay2Driver(NaiveDiff, Driver):
             faults.point("overlay2.mount.after_mkdir")
             lowers = self._lowers(record)
             # a layer with children is mounted read-only (Docker's committed mark)
-            readonly = (layer / "committed").exists() or bool(self.store.children(id))
+            readonly = (layer / "committed").exists() or bool(self.layer_store.children(id))
             options_extra = [("context", mount_label)] if mount_label else []
             if readonly:
                 args = ([f"{LINK_DIR}/{record.fields.get('link', '')}"] + lowers, None, None)

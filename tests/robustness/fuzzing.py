@@ -101,7 +101,7 @@ class Session:
 
 
 def _records(driver) -> list | None:
-    store = getattr(driver, "store", None)
+    store = getattr(driver, "layer_store", None)
     return None if store is None else store.records()
 
 

@@ -86,7 +86,7 @@ def test_home_written_by_the_old_code(name, tmp_path):
             assert [drv.parent(i) for i in ("base", "child", "top", "alone")] == \
                 [None, "base", "child", None]
             if name != "overlay2":      # overlay2's old layout kept no read-write flag
-                assert drv.store.get("top").rw and not drv.store.get("child").rw
+                assert drv.layer_store.get("top").rw and not drv.layer_store.get("child").rw
             assert content(drv, "top")["h"][7] and set(content(drv, "top")) >= {"f", "g", "h"}
             assert set(content(drv, "child")) >= {"f", "g"} and "h" not in content(drv, "child")
             with pytest.raises(LayerInUse, match="child"):

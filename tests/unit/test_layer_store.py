@@ -140,7 +140,7 @@ def test_concurrent_creates_from_two_processes(tmp_path):
     expected = {"base"} | {f"{p}{i}" for p in "ab" for i in range(40)}
     assert set(driver.layers()) == expected
     assert set(graphdrivers.load("vfs", home).layers()) == expected
-    assert driver.store.children("base") == sorted(expected - {"base"})
+    assert driver.layer_store.children("base") == sorted(expected - {"base"})
     assert sorted(os.listdir(home / "vfs/dir")) == sorted(expected)
     with pytest.raises(LayerInUse):
         driver.remove("base")

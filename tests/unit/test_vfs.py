@@ -86,7 +86,7 @@ def test_create_errors_leave_nothing(vfs, tmp_path):
     assert vfs.layers() == ["a"]
     assert os.listdir(tmp_path / "home/vfs/tmp") == []
     assert sorted(os.listdir(tmp_path / "home/vfs/dir")) == ["a"]
-    assert [r.id for r in vfs.store.records()] == ["a"]
+    assert [r.id for r in vfs.layer_store.records()] == ["a"]
 
 
 def test_missing_layers_and_bad_ids(vfs):
