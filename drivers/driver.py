@@ -140,8 +140,9 @@ class Driver(abc.ABC):
                     faults.point(f"{self.name}.create.after_data")
                     self.layer_store.add(LayerRecord(id, parent, bool(rw), fields or {}))
             except BaseException:
-                with contextlib.suppress(OSError):   # else the next load deletes it
-                    self._remove_data(id)
+                if not self.layer_store.exists(id):      # never another's committed layer
+                    with contextlib.suppress(OSError):   # else the next load deletes it
+                        self._remove_data(id)
                 if parent is not None and not self.layer_store.exists(parent):
                     raise LayerNotFound(f"parent layer {parent} of {id} was removed "
                                         "while the layer was made") from None
