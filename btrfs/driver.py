@@ -1,9 +1,16 @@
 """The btrfs driver: one subvolume per layer, a child is a writable snapshot of its parent.
 
 Layout under ``home`` (= ``<load home>/btrfs``), as Docker's:
+    _layers.json      every layer's record (the layer store, store/layers.py); a
+                      layer's size limit is its backend field "size"
     subvolumes/<id>   the layer (a subvolume or snapshot)
-    quotas/<id>       the layer's size limit in bytes (decimal), when it has one
-    meta/<id>.json    {"parent": ..., "rw": ...} (written before the subvolume exists)
+    quotas/<id>       the size limit in bytes (decimal), Docker's file; written
+                      for operators, not flushed: the record is what counts
+
+The subvolume is made, then recorded; a remove drops the record, then deletes the
+subvolume: after a crash, a subvolume without a record is deleted at load. Homes
+from before the store kept ``meta/<id>.json`` ({"parent": ..., "rw": ...}); the
+first load moves those and the quota files' sizes into the store.
 
 Subvolume operations are ioctls (libbtrfsutil or fcntl, see subvol.py), never a
 ``btrfs`` process. ``changes``/``diff``/``diff_size`` against the layer's own
@@ -13,33 +20,30 @@ anything else, or ``btrfs.native_diff=false``, takes the naive tree walk.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import pathlib
+import shutil
 import threading
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO, Iterable, Iterator, Mapping
 
 from graphdrivers import faults
 from graphdrivers.kernel import statfs as fsinfo
 from graphdrivers.archive import export_changes
-from graphdrivers.store.atomicfile import read_json, remove_stale_temps, write_atomic, write_json
+from graphdrivers.store.atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
 from graphdrivers.changes import changes_size
 from graphdrivers.driver import Change, Driver
-from graphdrivers.errors import (DriverError, InvalidOption, LayerExists, LayerInUse,
-                                 LayerNotFound, NoSpace, NotSupported)
-from graphdrivers.layerid import check_id, is_valid_id
-from graphdrivers.store.locks import IdLocks
+from graphdrivers.errors import DriverError, InvalidOption, NotSupported
+from graphdrivers.layerid import is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_bool, parse_options, parse_size
+from graphdrivers.store.layers import LayerRecord
 from graphdrivers.store.refcount import RefCounter
 
 from . import quota, subvol
 
 faults.register(
     "btrfs",
-    "btrfs.create.after_meta",
     "btrfs.create.after_subvolume",
-    "btrfs.remove.after_quota_file",
     "btrfs.remove.after_delete")
 
 LAYER_OPTIONS = {"size": Option(parse_size, None, "maximum referenced bytes (btrfs qgroup limit)")}
@@ -65,16 +69,16 @@ class BtrfsDriver(NaiveDiff, Driver):
         self.home.mkdir(mode=0o710, parents=True, exist_ok=True)
         if self.min_space is not None:   # before any state exists: a refusal leaves nothing
             self._enable_quotas()
-        for sub in ("subvolumes", "quotas", "meta"):
+        for sub in ("subvolumes", "quotas"):
             (self.home / sub).mkdir(mode=0o700, exist_ok=True)
-        remove_stale_temps(self.home / "meta")
         remove_stale_temps(self.home / "quotas")
-        self._drop_orphan_records()
         self._lock = threading.Lock()
         self._destroy_stale_qgroups()
-        self._locks = IdLocks(self.home_run)
         # a layer "mount" is a path, never a mount
         self._refs = RefCounter(lambda _path: False, self.home_run)
+        self._open_store()
+        shutil.rmtree(self.home / "meta", ignore_errors=True)   # old records, in the store now
+        self._drop_orphan_quota_files()
 
     # -- probing ---------------------------------------------------------
     @classmethod
@@ -88,28 +92,29 @@ class BtrfsDriver(NaiveDiff, Driver):
     def _dir(self, layer_id: str) -> pathlib.Path:
         return self.home / "subvolumes" / layer_id
 
-    def _meta(self, layer_id: str) -> pathlib.Path:
-        return self.home / "meta" / f"{layer_id}.json"
-
     def _quota_file(self, layer_id: str) -> pathlib.Path:
         return self.home / "quotas" / layer_id
 
-    def _drop_orphan_records(self) -> None:
-        """A crash between writing a record and making the subvolume leaves a record alone."""
-        for entry in os.scandir(self.home / "meta"):
-            layer_id = entry.name[:-5]
-            if entry.name.endswith(".json") and not subvol.is_subvolume(self._dir(layer_id)):
-                os.unlink(entry.path)
-        for entry in os.scandir(self.home / "quotas"):
-            if not entry.name.startswith(".") and not subvol.is_subvolume(self._dir(entry.name)):
-                os.unlink(entry.path)
+    def _import_records(self) -> Iterable[LayerRecord]:
+        for layer_id in self._data_ids():
+            try:
+                meta = read_json(self.home / "meta" / f"{layer_id}.json")
+            except (FileNotFoundError, ValueError):
+                meta = {}
+            try:
+                fields = {"size": int(self._quota_file(layer_id).read_bytes())}
+            except (FileNotFoundError, ValueError):
+                fields = {}
+            yield LayerRecord(layer_id, meta.get("parent"), bool(meta.get("rw")), fields)
 
-    def _require(self, layer_id: str) -> pathlib.Path:
-        check_id(layer_id)
-        path = self._dir(layer_id)
-        if not subvol.is_subvolume(path):
-            raise LayerNotFound(f"layer {layer_id!r} does not exist in {self.home}")
-        return path
+    def _data_ids(self) -> list[str]:
+        return [e.name for e in os.scandir(self.home / "subvolumes")
+                if is_valid_id(e.name) and subvol.is_subvolume(e.path)]
+
+    def _drop_orphan_quota_files(self) -> None:
+        for entry in os.scandir(self.home / "quotas"):
+            if is_valid_id(entry.name) and not self.layer_store.exists(entry.name):
+                os.unlink(entry.path)
 
     def _enable_quotas(self) -> None:
         try:
@@ -118,40 +123,24 @@ class BtrfsDriver(NaiveDiff, Driver):
             raise DriverError(f"cannot enable btrfs quotas on {self.home}: {exc.strerror}; "
                               "quotas need root (CAP_SYS_ADMIN)") from None
 
-    # -- layers ----------------------------------------------------------
-    def create(self, id: str, parent: str | None = None, *, rw: bool = False,
-               mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None:
-        check_id(id)
-        if parent is not None:
-            check_id(parent, "parent layer id")
-        size = self._parse_size(storage_opt)
-        with self._locks.hold(id):
-            path = self._dir(id)
-            if subvol.is_subvolume(path) or path.exists():
-                raise LayerExists(f"layer {id!r} already exists")
-            source = None
-            if parent is not None:
-                source = self._require(parent)
-            try:
-                try:
-                    write_json(self._meta(id), {"parent": parent, "rw": bool(rw)})
-                    faults.point("btrfs.create.after_meta")
-                    if source is None:
-                        subvol.create(path)
-                    else:
-                        subvol.snapshot(source, path)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise NoSpace(f"no space to create layer {id!r}: {exc.strerror}") from None
-                    raise DriverError(f"cannot create btrfs layer {id!r}: {exc}") from None
-                faults.point("btrfs.create.after_subvolume")
-                if source is None:
-                    os.chmod(path, 0o755)
-                if size is not None:
-                    self._set_quota(id, path, size)
-            except BaseException:
-                self._undo_create(id, path)
-                raise
+    # -- hooks of the Driver template ------------------------------------
+    def _create_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> int | None:
+        return self._parse_size(storage_opt)
+
+    def _create_data(self, record: LayerRecord, parent: LayerRecord | None, size: int | None,
+                     mount_label: str) -> dict[str, int]:
+        path = self._dir(record.id)
+        if parent is None:
+            subvol.create(path)
+        else:
+            subvol.snapshot(self._dir(parent.id), path)
+        faults.point("btrfs.create.after_subvolume")
+        if parent is None:
+            os.chmod(path, 0o755)
+        if size is not None:
+            self._set_quota(record.id, path, size)
+        fsync_dir(path.parent)          # the subvolume is on disk before its record
+        return {"size": size} if size is not None else {}
 
     def _parse_size(self, storage_opt: Mapping[str, str] | None) -> int | None:
         size = parse_options(storage_opt, LAYER_OPTIONS, what="btrfs layer option")["size"]
@@ -170,44 +159,21 @@ class BtrfsDriver(NaiveDiff, Driver):
             quota.set_limit(path, size)
         except OSError as exc:
             raise DriverError(f"cannot set the btrfs qgroup limit of {layer_id!r}: {exc}") from None
-        write_atomic(self._quota_file(layer_id), str(size).encode())
+        self._quota_file(layer_id).write_text(str(size))
 
-    def _undo_create(self, layer_id: str, path: pathlib.Path) -> None:
-        try:
-            if subvol.is_subvolume(path):
-                subvol.delete(path)
-        finally:
-            for record in (self._meta(layer_id), self._quota_file(layer_id)):
-                try:
-                    record.unlink()
-                except FileNotFoundError:
-                    pass
+    def _busy(self, id: str) -> str | None:
+        return self._refs.in_use(str(self._dir(id)))
 
-    def remove(self, id: str) -> None:
-        with self._locks.hold(check_id(id)):
-            path = self._require(id)
-            busy = self._refs.in_use(str(path))
-            if busy:
-                raise LayerInUse(f"layer {id!r} is {busy}; unmount it before removing it")
-            try:
-                self._quota_file(id).unlink()
-            except FileNotFoundError:
-                pass
-            faults.point("btrfs.remove.after_quota_file")
+    def _remove_data(self, id: str) -> None:
+        self._quota_file(id).unlink(missing_ok=True)
+        path = self._dir(id)
+        if subvol.is_subvolume(path):
             quotas_on = quota.enabled(self.home)
-            try:
-                deleted = subvol.delete_recursive(path)
-            except OSError as exc:
-                raise DriverError(f"cannot delete the btrfs subvolume of {id!r}: {exc}") from None
+            deleted = subvol.delete_recursive(path)
             if quotas_on:
                 self._destroy_stale_qgroups(deleted)
             faults.point("btrfs.remove.after_delete")
-            try:
-                self._meta(id).unlink()
-            except FileNotFoundError:
-                pass
-            self._refs.forget(str(path))
-            self.home_run.forget_lock(id)
+        self._refs.forget(str(path))
 
     def _stale_file(self) -> pathlib.Path:
         return self.home / "quotas" / ".stale-qgroups.json"
@@ -237,37 +203,17 @@ class BtrfsDriver(NaiveDiff, Driver):
                 else:
                     stale_file.unlink(missing_ok=True)
 
-    def mount(self, id: str, mount_label: str = "") -> pathlib.Path:
-        with self._locks.hold(check_id(id)):
-            path = self._require(id)
-            self._refs.increment(str(path))
-            limit = self._quota_file(id)
-            if limit.exists():   # Docker re-applies the limit on every Get
-                try:
-                    size = int(limit.read_bytes())
-                    if self.min_space is None or size >= self.min_space:
-                        quota.set_limit(path, size)
-                except (OSError, ValueError):
-                    pass
-            return path
+    def _mount_data(self, record: LayerRecord, mount_label: str) -> pathlib.Path:
+        path = self._dir(record.id)
+        self._refs.increment(str(path))
+        size = record.fields.get("size")
+        if size is not None and (self.min_space is None or size >= self.min_space):
+            with contextlib.suppress(OSError):
+                quota.set_limit(path, size)     # Docker re-applies the limit on every Get
+        return path
 
-    def unmount(self, id: str) -> None:
-        with self._locks.hold(check_id(id)):
-            self._refs.decrement(str(self._dir(id)))
-
-    def exists(self, id: str) -> bool:
-        return is_valid_id(id) and subvol.is_subvolume(self._dir(id))
-
-    def layers(self) -> list[str]:
-        return sorted(e.name for e in os.scandir(self.home / "subvolumes")
-                      if is_valid_id(e.name) and subvol.is_subvolume(e.path))
-
-    def parent(self, id: str) -> str | None:
-        self._require(id)
-        try:
-            return read_json(self._meta(id)).get("parent")
-        except FileNotFoundError:
-            return None
+    def _unmount_data(self, id: str, record: LayerRecord | None) -> None:
+        self._refs.decrement(str(self._dir(id)))
 
     def status(self) -> list[tuple[str, str]]:
         from importlib.metadata import PackageNotFoundError, version
@@ -285,12 +231,11 @@ class BtrfsDriver(NaiveDiff, Driver):
             ("Diff", "native (btrfs generations)" if self.native_diff else "naive (tree walk)"),
         ]
 
-    def metadata(self, id: str) -> dict[str, str]:
-        path = self._require(id)
+    def _metadata(self, record: LayerRecord) -> dict[str, str]:
+        path = self._dir(record.id)
         meta = {"Path": str(path), "SubvolumeId": str(subvol.subvolume_id(path))}
-        limit = self._quota_file(id)
-        if limit.exists():
-            meta["Size"] = limit.read_text().strip()
+        if "size" in record.fields:
+            meta["Size"] = str(record.fields["size"])
         return meta
 
     def cleanup(self) -> None:
@@ -315,26 +260,24 @@ class BtrfsDriver(NaiveDiff, Driver):
         except OSError:   # e.g. an old kernel without GET_SUBVOL_INFO: walk instead
             return None
 
-    def changes(self, id: str, parent: str | None = None) -> list[Change]:
-        base = self._naive_check(id, parent)
+    def _changes(self, record: LayerRecord, base: str | None) -> list[Change]:
         if base is not None:
-            with self._mounted(id), self._mounted(base):
-                found = self._native(id, base)
+            with self._mounted(record.id), self._mounted(base):
+                found = self._native(record.id, base)
             if found is not None:
                 return found
-        return super().changes(id, parent)
+        return super()._changes(record, base)
 
-    def diff_size(self, id: str, parent: str | None = None) -> int:
-        base = self._naive_check(id, parent)
+    def _diff_size(self, record: LayerRecord, base: str | None) -> int:
         if base is not None:
-            with self._mounted(id) as root, self._mounted(base):
-                found = self._native(id, base)
+            with self._mounted(record.id) as root, self._mounted(base):
+                found = self._native(record.id, base)
                 if found is not None:
                     return changes_size(root, found)
-        return super().diff_size(id, parent)
+        return super()._diff_size(record, base)
 
-    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        base = self._naive_check(id, parent)
+    def _diff(self, record: LayerRecord, base: str | None) -> BinaryIO:
+        id = record.id
         if base is not None and self.native_diff:
             root = self.mount(id)
             released = False
@@ -353,7 +296,7 @@ class BtrfsDriver(NaiveDiff, Driver):
                 release()
                 raise
             release()
-        return super().diff(id, parent)
+        return super()._diff(record, base)
 
     @contextlib.contextmanager
     def _mounted(self, id: str) -> Iterator[pathlib.Path]:

@@ -1,16 +1,41 @@
-"""The interface every storage driver implements (Docker's graphdriver.Driver)."""
+"""The interface every storage driver implements (Docker's graphdriver.Driver), as a template.
+
+The public methods do the bookkeeping once, for every backend: they validate ids,
+take the per-id locks (shared by the processes on a home), consult the layer store
+(store/layers.py: exists, parent, children, LayerExists/LayerNotFound/LayerInUse),
+and turn an OSError into a DriverError (NoSpace for ENOSPC/EDQUOT) in one place.
+A backend implements the storage itself in small protected hooks:
+
+    _create_options(storage_opt, rw)           parse per-layer options (no state yet)
+    _create_data(record, parent, options)      make the layer's data; return backend fields
+    _busy(id) / _prepare_remove(id)            refuse or get ready before the record goes
+    _remove_data(id)                           delete the data (also a crash's orphans)
+    _mount_data(record, label) / _unmount_data(id, record)
+    _metadata(record), _data_ids(), _import_records()
+    _diff/_changes/_diff_size/_apply_diff      (NaiveDiff provides them)
+
+Order of locks: the id lock of a layer, then the store's home lock (held only inside
+one store call). A create locks only its own id: a parent removed meanwhile makes the
+record's commit fail (the store checks the parent under its lock), and the new data goes.
+"""
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import functools
 import os
 import pathlib
 from dataclasses import dataclass
-from typing import BinaryIO, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
-from graphdrivers.store.holds import HomeRun
+from graphdrivers import faults
+from graphdrivers.errors import LayerExists, LayerInUse, LayerNotFound, from_os_error
+from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.options import Option
+from graphdrivers.store.holds import HomeRun
+from graphdrivers.store.layers import LayerRecord, LayerStore
+from graphdrivers.store.locks import IdLocks
 
 
 class ChangeKind(enum.IntEnum):
@@ -28,24 +53,46 @@ class Change:
         return f"{'CAD'[self.kind]} {self.path}"
 
 
+@contextlib.contextmanager
+def os_errors(doing: str) -> Iterator[None]:
+    """Raise what from_os_error makes of an OSError inside the block."""
+    try:
+        yield
+    except OSError as exc:
+        raise from_os_error(exc, doing) from exc
+
+
 class Driver(abc.ABC):
     """A storage driver rooted at ``home`` (``<load home>/<name>``).
 
     Subclasses set ``name`` and ``OPTIONS`` (the driver-wide options they
-    accept, with Docker's prefixed spelling), and raise NotSupported from
-    ``__init__`` (or ``probe``) when they cannot run on this machine.
+    accept, with Docker's prefixed spelling), raise NotSupported from
+    ``__init__`` (or ``probe``) when they cannot run on this machine, and call
+    ``_open_store()`` at the end of ``__init__``. A driver that keeps its own
+    records may override the public methods instead (devicemapper does, for now).
     """
 
     name: str = ""
     OPTIONS: Mapping[str, Option] = {}
+    layer_store: LayerStore | None = None
 
     def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None):
         self.home = pathlib.Path(home)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name and cls.create is Driver.create:   # the template's crash points
+            faults.register(cls.name, f"{cls.name}.create.after_data",
+                            f"{cls.name}.remove.after_record")
 
     @functools.cached_property
     def home_run(self) -> HomeRun:
         """The home's run directory: mount holds and id locks shared by its processes."""
         return HomeRun(self.home)
+
+    @functools.cached_property
+    def _locks(self) -> IdLocks:
+        return IdLocks(self.home_run)
 
     def release(self) -> None:
         """Let go of this instance without unmounting anything, as if its process ended:
@@ -57,52 +104,183 @@ class Driver(abc.ABC):
     def probe(cls, home: pathlib.Path) -> None:
         """Raise NotSupported if this driver cannot work for ``home``; cheap, no state."""
 
-    # -- layers ---------------------------------------------------------
-    @abc.abstractmethod
+    # -- the store ----------------------------------------------------------
+    def _open_store(self) -> None:
+        """Open the layer store (built from the backend's old records on a home from
+        before it) and delete what a crash left: layer data without a record."""
+        with os_errors(f"open the layer records in {self.home}"):
+            self.layer_store = LayerStore(self.home, self._import_records)
+            for orphan in self.layer_store.orphans(self._data_ids()):
+                with self._locks.hold(orphan):      # a live process may be creating it
+                    if not self.layer_store.exists(orphan):
+                        self._remove_data(orphan)
+
+    def _record(self, id: str, what: str = "layer") -> LayerRecord:
+        if self.layer_store is None:   # a driver with records of its own (devicemapper, until it adopts)
+            if not self.exists(id):
+                raise LayerNotFound(f"{what} {id} does not exist in {self.home}")
+            return LayerRecord(id, self.parent(id))
+        return self.layer_store.require(id, what)
+
+    # -- layers -------------------------------------------------------------
     def create(self, id: str, parent: str | None = None, *, rw: bool = False,
-               mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None: ...
+               mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None:
+        check_id(id)
+        if parent is not None:
+            check_id(parent, "parent layer id")
+        options = self._create_options(storage_opt, rw)
+        with self._locks.hold(id):
+            if self.layer_store.exists(id):
+                raise LayerExists(f"layer {id} already exists")
+            base = self._record(parent, "parent layer") if parent is not None else None
+            record = LayerRecord(id, parent, bool(rw))
+            try:
+                with os_errors(f"create layer {id}"):
+                    fields = self._create_data(record, base, options, mount_label)
+                    faults.point(f"{self.name}.create.after_data")
+                    self.layer_store.add(LayerRecord(id, parent, bool(rw), fields or {}))
+            except BaseException:
+                if not self.layer_store.exists(id):      # never another's committed layer
+                    with contextlib.suppress(OSError):   # else the next load deletes it
+                        self._remove_data(id)
+                if parent is not None and not self.layer_store.exists(parent):
+                    raise LayerNotFound(f"parent layer {parent} of {id} was removed "
+                                        "while the layer was made") from None
+                raise
 
-    @abc.abstractmethod
-    def remove(self, id: str) -> None: ...
+    def remove(self, id: str) -> None:
+        check_id(id)
+        with self._locks.hold(id):
+            self._record(id)
+            busy = self._busy(id)
+            if busy:
+                raise LayerInUse(f"layer {id} is {busy}; unmount it before removing it")
+            self.layer_store.check_removable(id)
+            with os_errors(f"remove layer {id}"):
+                self._prepare_remove(id)        # may still refuse: the layer stays whole
+                self.layer_store.remove(id)           # the record first: from here on it is gone
+                faults.point(f"{self.name}.remove.after_record")
+                self._remove_data(id)
+            self.home_run.forget_lock(id)
 
-    @abc.abstractmethod
-    def mount(self, id: str, mount_label: str = "") -> pathlib.Path: ...
+    def mount(self, id: str, mount_label: str = "") -> pathlib.Path:
+        check_id(id)
+        with self._locks.hold(id):
+            record = self._record(id)
+            with os_errors(f"mount layer {id}"):
+                return self._mount_data(record, mount_label)
 
-    @abc.abstractmethod
-    def unmount(self, id: str) -> None: ...
+    def unmount(self, id: str) -> None:
+        check_id(id)
+        with self._locks.hold(id):
+            record = self.layer_store.get(id)
+            with os_errors(f"unmount layer {id}"):
+                self._unmount_data(id, record)
 
-    @abc.abstractmethod
-    def exists(self, id: str) -> bool: ...
+    def exists(self, id: str) -> bool:
+        return is_valid_id(id) and self.layer_store.exists(id)
+
+    def layers(self) -> list[str]:
+        """Ids of every layer this driver holds (for `layer ls`)."""
+        return self.layer_store.ids()
+
+    def parent(self, id: str) -> str | None:
+        """The parent a layer was created on, or None for a base layer."""
+        return self._record(check_id(id)).parent
+
+    def metadata(self, id: str) -> dict[str, str]:
+        record = self._record(check_id(id))
+        with os_errors(f"read the metadata of layer {id}"):
+            return self._metadata(record)
 
     @abc.abstractmethod
     def status(self) -> list[tuple[str, str]]: ...
 
     @abc.abstractmethod
-    def metadata(self, id: str) -> dict[str, str]: ...
-
-    @abc.abstractmethod
     def cleanup(self) -> None: ...
 
-    def layers(self) -> list[str]:
-        """Ids of every layer this driver holds (for `layer ls`)."""
-        raise NotImplementedError
-
-    def parent(self, id: str) -> str | None:
-        """The parent a layer was created on, or None for a base layer."""
-        raise NotImplementedError
-
     # -- diffs ----------------------------------------------------------
-    @abc.abstractmethod
-    def diff(self, id: str, parent: str | None = None) -> BinaryIO: ...
+    def _diff_args(self, id: str, parent: str | None) -> tuple[LayerRecord, str | None]:
+        """Both ids checked and existing; the parent to compare with (the layer's own if None)."""
+        check_id(id)
+        if parent is not None:
+            check_id(parent, "parent layer id")
+        record = self._record(id)
+        if parent is not None:
+            self._record(parent, "parent layer")
+        return record, record.parent if parent is None else parent
 
-    @abc.abstractmethod
-    def changes(self, id: str, parent: str | None = None) -> list[Change]: ...
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        record, base = self._diff_args(id, parent)
+        with os_errors(f"diff layer {id}"):
+            return self._diff(record, base)
 
-    @abc.abstractmethod
-    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int: ...
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        record, base = self._diff_args(id, parent)
+        with os_errors(f"list the changes of layer {id}"):
+            return self._changes(record, base)
 
-    @abc.abstractmethod
-    def diff_size(self, id: str, parent: str | None = None) -> int: ...
+    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
+        record, base = self._diff_args(id, parent)
+        with os_errors(f"apply a diff to layer {id}"):
+            return self._apply_diff(record, base, diff)
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        record, base = self._diff_args(id, parent)
+        with os_errors(f"measure the diff of layer {id}"):
+            return self._diff_size(record, base)
+
+    # -- hooks a backend implements -------------------------------------
+    def _create_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> Any:
+        """Parse and check per-layer options before anything is made (InvalidOption)."""
+        return None
+
+    def _create_data(self, record: LayerRecord, parent: LayerRecord | None, options: Any,
+                     mount_label: str) -> Mapping[str, Any] | None:
+        """Make the layer's data, complete and flushed; return backend fields for its
+        record. On an exception the template calls _remove_data."""
+        raise NotImplementedError
+
+    def _busy(self, id: str) -> str | None:
+        """Who holds the layer mounted, in words for LayerInUse; None when nobody."""
+        return None
+
+    def _prepare_remove(self, id: str) -> None:
+        """What may fail before the record goes (a stale mount to drop, say)."""
+
+    def _remove_data(self, id: str) -> None:
+        """Delete the layer's data, whatever state a crash left it in; no error if none."""
+        raise NotImplementedError
+
+    def _mount_data(self, record: LayerRecord, mount_label: str) -> pathlib.Path:
+        raise NotImplementedError
+
+    def _unmount_data(self, id: str, record: LayerRecord | None) -> None:
+        """Drop one reference (record None: the layer is gone, only counts are left)."""
+        raise NotImplementedError
+
+    def _metadata(self, record: LayerRecord) -> dict[str, str]:
+        return {}
+
+    def _data_ids(self) -> Iterable[str]:
+        """Ids the backend has data for, by its own naming scheme (for crash recovery)."""
+        return ()
+
+    def _import_records(self) -> Iterable[LayerRecord]:
+        """Records of a home written before the layer store (its first load)."""
+        return ()
+
+    def _diff(self, record: LayerRecord, parent: str | None) -> BinaryIO:
+        raise NotImplementedError
+
+    def _changes(self, record: LayerRecord, parent: str | None) -> list[Change]:
+        raise NotImplementedError
+
+    def _apply_diff(self, record: LayerRecord, parent: str | None, diff: BinaryIO) -> int:
+        raise NotImplementedError
+
+    def _diff_size(self, record: LayerRecord, parent: str | None) -> int:
+        raise NotImplementedError
 
     # -- context manager ------------------------------------------------
     def __enter__(self) -> "Driver":

@@ -1,4 +1,6 @@
 """Errors every driver raises. Messages say what went wrong and what to do."""
+import errno
+
 
 
 class DriverError(Exception):
@@ -35,3 +37,16 @@ class NoSpace(DriverError):
 
 class CorruptArchive(DriverError):
     """A layer tar is truncated, malformed or tries to write outside the layer."""
+
+
+def from_os_error(exc: OSError, doing: str) -> DriverError:
+    """The one translation of an OSError into the error a caller gets: a full disk or
+    quota (ENOSPC, EDQUOT) is NoSpace, anything else a DriverError naming what failed.
+    ``doing`` completes "cannot ..." / "no space to ...": "create layer abc"."""
+    reason = exc.strerror or str(exc)
+    if exc.filename:
+        reason += f" ({exc.filename})"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"no space to {doing}: {reason}; free space on the backing store "
+                       "or raise the size limit")
+    return DriverError(f"cannot {doing}: {reason}")

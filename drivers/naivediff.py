@@ -1,9 +1,10 @@
 """Diffs for drivers without a native one: compare mounted trees, then stream a tar.
 
 A driver lists the mixin before Driver: ``class BtrfsDriver(NaiveDiff, Driver)``.
-It needs the driver's ``mount``/``unmount``/``exists``/``parent``; the
-attribute ``whiteout_format`` says how whiteouts are stored on disk (PLAIN:
-as deletions).
+It provides the template's diff hooks (driver.py: ids are checked, both layers
+exist and ``parent`` is resolved before they run) through the driver's
+``mount``/``unmount``; the attribute ``whiteout_format`` says how whiteouts are
+stored on disk (PLAIN: as deletions).
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from typing import BinaryIO, Callable
 from graphdrivers.archive import PLAIN, WhiteoutFormat, apply_tar, export_changes, export_tree
 from graphdrivers.changes import changes_size, compare_trees
 from graphdrivers.driver import Change
-from graphdrivers.errors import LayerNotFound
-from graphdrivers.layerid import check_id
+from graphdrivers.store.layers import LayerRecord
 
 
 class NaiveDiff:
@@ -23,21 +23,6 @@ class NaiveDiff:
     # provided by the driver
     mount: Callable[..., pathlib.Path]
     unmount: Callable[[str], None]
-    exists: Callable[[str], bool]
-    parent: Callable[[str], "str | None"]
-
-    def _naive_check(self, id: str, parent: str | None) -> str | None:
-        """Validate both ids; return the parent to compare with (the layer's own if None)."""
-        check_id(id)
-        if parent is not None:
-            check_id(parent, "parent layer id")
-        if not self.exists(id):
-            raise LayerNotFound(f"layer {id} does not exist")
-        if parent is None:
-            parent = self.parent(id)
-        if parent is not None and not self.exists(parent):
-            raise LayerNotFound(f"parent layer {parent} of {id} does not exist")
-        return parent
 
     def _with_both(self, id: str, parent: str | None, work):
         """Run ``work(layer_root, parent_root_or_None)`` with both layers mounted."""
@@ -53,8 +38,8 @@ class NaiveDiff:
         finally:
             self.unmount(id)
 
-    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        parent = self._naive_check(id, parent)
+    def _diff(self, record: LayerRecord, parent: str | None) -> BinaryIO:
+        id = record.id
         layer_root = self.mount(id)
         closed = False
 
@@ -76,23 +61,16 @@ class NaiveDiff:
             release()
             raise
 
-    def changes(self, id: str, parent: str | None = None) -> list[Change]:
-        parent = self._naive_check(id, parent)
-        return self._with_both(id, parent, compare_trees)
+    def _changes(self, record: LayerRecord, parent: str | None) -> list[Change]:
+        return self._with_both(record.id, parent, compare_trees)
 
-    def diff_size(self, id: str, parent: str | None = None) -> int:
-        parent = self._naive_check(id, parent)
+    def _diff_size(self, record: LayerRecord, parent: str | None) -> int:
         return self._with_both(
-            id, parent, lambda layer, base: changes_size(layer, compare_trees(layer, base)))
+            record.id, parent, lambda layer, base: changes_size(layer, compare_trees(layer, base)))
 
-    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
-        check_id(id)
-        if parent is not None:
-            check_id(parent, "parent layer id")
-        if not self.exists(id):
-            raise LayerNotFound(f"layer {id} does not exist")
-        root = self.mount(id)
+    def _apply_diff(self, record: LayerRecord, parent: str | None, diff: BinaryIO) -> int:
+        root = self.mount(record.id)
         try:
             return apply_tar(root, diff, fmt=self.whiteout_format)
         finally:
-            self.unmount(id)
+            self.unmount(record.id)

@@ -10,7 +10,7 @@ import pathlib
 from typing import Mapping
 
 from graphdrivers.driver import Driver
-from graphdrivers.errors import DriverError, NotSupported
+from graphdrivers.errors import DriverError, NotSupported, from_os_error
 
 NAMESPACE = "graphdrivers.drivers"
 
@@ -96,7 +96,10 @@ def _instantiate(name: str, home: pathlib.Path, options: Mapping[str, str] | Non
     created = not (home / name).exists()
     (home / name).mkdir(mode=0o711, exist_ok=True)
     try:
-        return cls(home / name, options)
+        try:
+            return cls(home / name, options)
+        except OSError as exc:   # a full disk at start-up is NoSpace, like any operation's
+            raise from_os_error(exc, f"start the {name} driver in {home / name}") from exc
     except BaseException:
         if created:  # refuse without leaving an empty state dir that would pin auto-selection
             try:

@@ -9,7 +9,13 @@ Docker's layout (see layout.py), with what Docker left open:
 - whiteouts applied only where overlayfs hides them, an opaque layer root as
   the whiteouts it means (overlayfs ignores one on the upper root; apply.py);
 - create and remove are atomic (build in a temp dir and rename; rename into
-  the trash first), so a crash never leaves a half layer behind.
+  the trash first), so a crash never leaves a half layer behind;
+- the layer store (``_layers.json``, store/layers.py) is the record of every layer:
+  its parent, and its short link name as a backend field. The ``lower`` and
+  ``link`` files are still written (Docker's layout, for operators and tools), but
+  mounts and diffs take the chain from the store, so they need no flush of their
+  own; a missing ``l/`` link is made again at load. A home from before the store
+  is imported from those files on its first load.
 
 Test switches (used by tests/overlay/ and the benchmarks):
 - ``GRAPHDRIVERS_OVERLAY2_MOUNT=legacy`` or ``Overlay2Driver(..., mount_method="legacy")``
@@ -18,7 +24,6 @@ Test switches (used by tests/overlay/ and the benchmarks):
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -32,12 +37,11 @@ from graphdrivers.kernel import mount as _mount
 from graphdrivers.archive import apply_tar, export_tree
 from graphdrivers.store.atomicfile import fsync_dir
 from graphdrivers.driver import Change, Driver
-from graphdrivers.errors import (DriverError, InvalidOption, LayerExists,
-                                 LayerInUse, LayerNotFound, NoSpace, NotSupported)
-from graphdrivers.layerid import check_id, is_valid_id
-from graphdrivers.store.locks import IdLocks
+from graphdrivers.errors import DriverError, InvalidOption, LayerNotFound, NotSupported
+from graphdrivers.layerid import is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_options, parse_size
+from graphdrivers.store.layers import LayerRecord
 from graphdrivers.store.refcount import RefCounter
 
 from . import diff as _diff
@@ -72,10 +76,10 @@ class DepthExceeded(DriverError):
 
 
 def _write(path: str, text: str) -> None:
+    """A file of Docker's layout; not flushed: the store holds what mounting needs."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, text.encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -117,13 +121,7 @@ class Overlay2Driver(NaiveDiff, Driver):
                  mount_method: str | None = None, naive_diff: bool | None = None):
         super().__init__(home, options)
         values = parse_options(options, self.OPTIONS)
-        try:
-            self._setup(values, mount_method, naive_diff)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace(f"overlay2 cannot start in {home}: the filesystem is full "
-                              f"({exc.strerror}); free some space and load again") from None
-            raise
+        self._setup(values, mount_method, naive_diff)
 
     @classmethod
     def probe(cls, home: Path) -> None:
@@ -151,11 +149,11 @@ class Overlay2Driver(NaiveDiff, Driver):
             raise InvalidOption(f"overlay2.size: {self._quota_reason}")
 
         (self.home / LINK_DIR).mkdir(mode=0o700, exist_ok=True)
-        self._locks = IdLocks(self.home_run)
         self._refs = RefCounter(self._is_mounted, self.home_run)
-        self._parent_of: dict[str, str | None] = {}
         self._adopted: set[str] = set()
         self._recover()
+        self._open_store()
+        self._restore_links()
 
     # -- start-up ---------------------------------------------------------
     def _choose_mount_method(self, forced: str | None) -> None:
@@ -202,8 +200,6 @@ class Overlay2Driver(NaiveDiff, Driver):
                 except FileNotFoundError:
                     pass
         for layer in self._layer_dirs():
-            lowers = read_lowers(layer)
-            self._parent_of[layer_id_of(layer.name)] = id_of_link(self.home, lowers[0]) if lowers else None
             merged = layer / "merged"
             if merged.is_dir() and not self._is_mounted(str(merged)):
                 try:
@@ -213,17 +209,27 @@ class Overlay2Driver(NaiveDiff, Driver):
             if self._quota is not None:
                 self._quota.note_existing(layer)
 
-    def _children(self, id: str) -> list[str]:
-        """The layers on ``id`` as the disk has them now: another process may have made
-        or removed some since this one loaded (its create holds ``id``'s lock, as we do)."""
-        present = {layer_id_of(p.name): p for p in self._layer_dirs()}
-        for gone in set(self._parent_of) - present.keys():
-            self._parent_of.pop(gone, None)
-        for layer_id, path in present.items():
-            if layer_id not in self._parent_of:
-                lowers = read_lowers(path)
-                self._parent_of[layer_id] = id_of_link(self.home, lowers[0]) if lowers else None
-        return sorted(c for c, p in list(self._parent_of.items()) if p == id)
+    def _import_records(self) -> list[LayerRecord]:
+        """A home from before the store: parents from the ``lower`` files (Docker's
+        layout; it kept no read-write flag, so every imported layer reads as read-only)."""
+        records = []
+        for layer in self._layer_dirs():
+            lowers = read_lowers(layer)
+            parent = id_of_link(self.home, lowers[0]) if lowers else None
+            records.append(LayerRecord(layer_id_of(layer.name), parent, False,
+                                       {"link": read_text(layer / "link")}))
+        return records
+
+    def _data_ids(self) -> list[str]:
+        return [layer_id_of(p.name) for p in self._layer_dirs()]
+
+    def _restore_links(self) -> None:
+        """Every recorded layer's ``l/`` link exists (a power cut may have lost one)."""
+        for record in self.layer_store.records():
+            short = record.fields.get("link")
+            link = self.home / LINK_DIR / short if short else None
+            if link is not None and not os.path.lexists(link):
+                os.symlink(f"../{dir_name(record.id)}/diff", link)
 
     def _layer_dirs(self) -> list[Path]:
         return [Path(e.path) for e in os.scandir(self.home)
@@ -238,19 +244,13 @@ class Overlay2Driver(NaiveDiff, Driver):
         except OSError:
             return False
 
-    def _check(self, layer_id: str, what: str = "layer id") -> str:
-        return check_id(layer_id, what)
-
     def _path(self, layer_id: str) -> Path:
         return self.home / dir_name(layer_id)
 
-    def _dir(self, layer_id: str) -> Path:
-        """The existing layer directory, or LayerNotFound."""
-        self._check(layer_id)
-        path = self._path(layer_id)
-        if not path.is_dir():
-            raise LayerNotFound(f"layer {layer_id!r} does not exist in {self.home}")
-        return path
+    def _lowers(self, record: LayerRecord) -> list[str]:
+        """``l/<short>`` of every parent, nearest first (what the ``lower`` file says)."""
+        return [f"{LINK_DIR}/{r.fields.get('link', '')}"
+                for r in self.layer_store.lineage(record.id)[1:]]
 
     def _mount_call(self, target: str, lowers: list[str], upper: str | None, work: str | None,
                     readonly: bool, options: list[tuple[str, str | None]] | None = None) -> None:
@@ -258,12 +258,8 @@ class Overlay2Driver(NaiveDiff, Driver):
         fn(target, lowers, upper, work, self._features.options if options is None else options,
            readonly=readonly)
 
-    # -- layers -------------------------------------------------------------
-    def create(self, id: str, parent: str | None = None, *, rw: bool = False,
-               mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None:
-        self._check(id)
-        if parent is not None:
-            self._check(parent, "parent id")
+    # -- hooks of the Driver template ----------------------------------------
+    def _create_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> int | None:
         size = parse_options(storage_opt, self.LAYER_OPTIONS, what="layer storage option")["size"]
         if size is not None and not rw:
             raise InvalidOption("the size option is only supported for read-write layers")
@@ -271,30 +267,27 @@ class Overlay2Driver(NaiveDiff, Driver):
             size = self._default_size
         if size and self._quota is None:
             raise InvalidOption(f"size: {self._quota_reason}")
-        with contextlib.ExitStack() as held:
-            # the parent is locked too, so it cannot be removed while its child is made;
-            # in sorted order, so two creates can never wait on each other
-            for layer_id in sorted({id, parent} - {None}):
-                held.enter_context(self._locks.hold(layer_id))
-            if self._path(id).exists():
-                raise LayerExists(f"layer {id!r} already exists")
-            lowers: list[str] = []
-            if parent is not None:
-                parent_dir = self._dir(parent)
-                link = read_text(parent_dir / "link")
-                lowers = [f"{LINK_DIR}/{link}"] + read_lowers(parent_dir)
-                if len(lowers) > self.max_depth:
-                    raise DepthExceeded(
-                        f"cannot create {id!r} on {parent!r}: it would stack {len(lowers)} "
-                        f"lower layers, more than the limit of {self.max_depth} "
-                        f"({NEW_API if self._new_api else LEGACY}); squash the image or "
-                        "start a new chain")
-            self._build(id, parent, lowers, size)
-            self._parent_of[id] = parent
+        return size
 
-    def _build(self, layer_id: str, parent: str | None, lowers: list[str],
-               size: int | None) -> None:
-        """Make the layer in a temp dir and rename it into place: all or nothing."""
+    def _create_data(self, record: LayerRecord, parent: LayerRecord | None, size: int | None,
+                     mount_label: str) -> dict[str, str]:
+        lowers: list[str] = []
+        if parent is not None:
+            lowers = [f"{LINK_DIR}/{parent.fields.get('link', '')}"] + self._lowers(parent)
+            if len(lowers) > self.max_depth:
+                raise DepthExceeded(
+                    f"cannot create {record.id!r} on {parent.id!r}: it would stack {len(lowers)} "
+                    f"lower layers, more than the limit of {self.max_depth} "
+                    f"({NEW_API if self._new_api else LEGACY}); squash the image or "
+                    "start a new chain")
+        if os.path.lexists(self._path(record.id)):
+            self._remove_data(record.id)        # a failed remove's data, without a record
+        return {"link": self._build(record.id, parent, lowers, size)}
+
+    def _build(self, layer_id: str, parent: LayerRecord | None, lowers: list[str],
+               size: int | None) -> str:
+        """Make the layer in a temp dir and rename it into place: all or nothing.
+        Returns its short link name."""
         home = str(self.home)
         tmp = f"{home}/.tmp-{layer_id}-{os.getpid()}-{os.urandom(4).hex()}"
         short = new_short_name()
@@ -311,58 +304,53 @@ class Overlay2Driver(NaiveDiff, Driver):
             os.mkdir(f"{tmp}/diff")
             os.chmod(f"{tmp}/diff", 0o755)          # the layer root is 0755 whatever the umask
             _write(f"{tmp}/link", short)
-            if lowers:
+            if parent is not None:
                 os.mkdir(f"{tmp}/work", 0o700)
                 _write(f"{tmp}/lower", ":".join(lowers))
-                _write(f"{self._path(parent)}/committed", "")
+                _write(f"{self._path(parent.id)}/committed", "")
             os.symlink(f"../{dir_name(layer_id)}/diff", link)
             faults.point("overlay2.create.after_link")
-            fsync_dir(tmp)                          # the records are on disk before the rename
+            fsync_dir(tmp)                          # the dirs are on disk before the rename
             os.rename(tmp, self._path(layer_id))
-            fsync_dir(home)
+            fsync_dir(home)                         # and the layer before its record
             faults.point("overlay2.create.after_rename")
-        except BaseException as exc:
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 os.unlink(link)
             except FileNotFoundError:
                 pass
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace(f"no space to create layer {layer_id!r} in {self.home}") from None
-            if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise LayerExists(f"layer {layer_id!r} already exists") from None
             raise
+        return short
 
-    def remove(self, id: str) -> None:
-        with self._locks.hold(self._check(id)):
-            layer = self._dir(id)
-            merged = layer / "merged"
-            busy = self._refs.in_use(str(merged), str(layer / "diff"))
-            if busy:
-                raise LayerInUse(f"layer {id!r} is {busy}; unmount it before removing it")
-            children = self._children(id)
-            if children:
-                raise LayerInUse(f"layer {id!r} has child layers ({', '.join(children[:5])}"
-                                 f"{', ...' if len(children) > 5 else ''}); remove them first")
-            if merged.exists():
-                self._drop_mount(merged)           # a stale mount left by a crashed process
-            trash = self.home / f".trash-{id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(layer, trash)                 # from here on the layer is gone
-            faults.point("overlay2.remove.after_rename")
-            self._parent_of.pop(id, None)
-            short = read_text(trash / "link")
-            if short:
-                try:
-                    os.unlink(self.home / LINK_DIR / short)
-                except FileNotFoundError:
-                    pass
-            faults.point("overlay2.remove.after_link")
+    def _busy(self, id: str) -> str | None:
+        layer = self._path(id)
+        return self._refs.in_use(str(layer / "merged"), str(layer / "diff"))
+
+    def _prepare_remove(self, id: str) -> None:
+        merged = self._path(id) / "merged"
+        if merged.exists():
+            self._drop_mount(merged)           # a stale mount left by a crashed process
+
+    def _remove_data(self, id: str) -> None:
+        layer = self._path(id)
+        if not os.path.lexists(layer):
+            return
+        trash = self.home / f".trash-{id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(layer, trash)                 # from here on the layer is gone
+        faults.point("overlay2.remove.after_rename")
+        short = read_text(trash / "link")
+        if short:
             try:
-                shutil.rmtree(trash)
-            except OSError:
-                _mount.unmount_all_under(trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            self.home_run.forget_lock(id)
+                os.unlink(self.home / LINK_DIR / short)
+            except FileNotFoundError:
+                pass
+        faults.point("overlay2.remove.after_link")
+        try:
+            shutil.rmtree(trash)
+        except OSError:
+            _mount.unmount_all_under(trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
     def _drop_mount(self, merged: Path) -> None:
         try:
@@ -376,75 +364,60 @@ class Overlay2Driver(NaiveDiff, Driver):
         except FileNotFoundError:
             pass
 
-    def mount(self, id: str, mount_label: str = "") -> Path:
-        with self._locks.hold(self._check(id)):
-            layer = self._dir(id)
-            lowers = read_lowers(layer)
-            if not lowers:                         # a base layer needs no overlay, only a count
-                self._refs.increment(str(layer / "diff"))
-                return layer / "diff"
-            merged = layer / "merged"
-            key = str(merged)
-            # a mount we did not make (another process, or a crashed one): count it, never
-            # unmount it from cleanup()
-            if self._refs.count(key) == 0 and self._is_mounted(key):
-                self._adopted.add(key)
-            if self._refs.increment(key) > 1 or key in self._adopted:
-                return merged
-            try:
-                merged.mkdir(mode=0o700, exist_ok=True)
-                faults.point("overlay2.mount.after_mkdir")
-                readonly = (layer / "committed").exists()
-                options_extra = [("context", mount_label)] if mount_label else []
-                link = read_text(layer / "link")
-                if readonly:
-                    args = ([f"{LINK_DIR}/{link}"] + lowers, None, None)
-                else:
-                    args = (lowers, f"{layer.name}/diff", f"{layer.name}/work")
-                if len(args[0]) > self.max_depth:
-                    raise DepthExceeded(f"layer {id!r} stacks {len(args[0])} lower layers; "
-                                        f"this mount method takes at most {self.max_depth}")
-                options = self._features.options + options_extra
-                mountapi.in_directory(self.home, lambda: self._mount_call(
-                    f"{layer.name}/merged", args[0], args[1], args[2], readonly, options))
-                faults.point("overlay2.mount.after_mount")
-            except BaseException as exc:
-                self._refs.decrement(str(merged))
-                try:
-                    merged.rmdir()
-                except OSError:
-                    pass
-                if isinstance(exc, OSError):
-                    raise DriverError(f"cannot mount layer {id!r}: {exc.strerror or exc}") \
-                        from None
-                raise
+    def _mount_data(self, record: LayerRecord, mount_label: str) -> Path:
+        id = record.id
+        layer = self._path(id)
+        if record.parent is None:              # a base layer needs no overlay, only a count
+            self._refs.increment(str(layer / "diff"))
+            return layer / "diff"
+        merged = layer / "merged"
+        key = str(merged)
+        # a mount we did not make (another process, or a crashed one): count it, never
+        # unmount it from cleanup()
+        if self._refs.count(key) == 0 and self._is_mounted(key):
+            self._adopted.add(key)
+        if self._refs.increment(key) > 1 or key in self._adopted:
             return merged
+        try:
+            merged.mkdir(mode=0o700, exist_ok=True)
+            faults.point("overlay2.mount.after_mkdir")
+            lowers = self._lowers(record)
+            # a layer with children is mounted read-only (Docker's committed mark)
+            readonly = (layer / "committed").exists() or bool(self.layer_store.children(id))
+            options_extra = [("context", mount_label)] if mount_label else []
+            if readonly:
+                args = ([f"{LINK_DIR}/{record.fields.get('link', '')}"] + lowers, None, None)
+            else:
+                args = (lowers, f"{layer.name}/diff", f"{layer.name}/work")
+            if len(args[0]) > self.max_depth:
+                raise DepthExceeded(f"layer {id!r} stacks {len(args[0])} lower layers; "
+                                    f"this mount method takes at most {self.max_depth}")
+            options = self._features.options + options_extra
+            mountapi.in_directory(self.home, lambda: self._mount_call(
+                f"{layer.name}/merged", args[0], args[1], args[2], readonly, options))
+            faults.point("overlay2.mount.after_mount")
+        except BaseException:
+            self._refs.decrement(str(merged))
+            try:
+                merged.rmdir()
+            except OSError:
+                pass
+            raise
+        return merged
 
-    def unmount(self, id: str) -> None:
-        with self._locks.hold(self._check(id)):
-            layer = self._dir(id)
-            if not read_lowers(layer):
-                self._refs.decrement(str(layer / "diff"))
-                return
-            merged = layer / "merged"
-            if self._refs.decrement(str(merged)) > 0:
-                return
-            self._adopted.discard(str(merged))
-            if not self._refs.others(str(merged)):   # another live process still uses it
-                self._drop_mount(merged)
-
-    def exists(self, id: str) -> bool:
-        return is_valid_id(id) and self._path(id).is_dir()
-
-    def layers(self) -> list[str]:
-        return sorted(layer_id_of(p.name) for p in self._layer_dirs())
-
-    def parent(self, id: str) -> str | None:
-        layer = self._dir(id)
-        if id in self._parent_of:
-            return self._parent_of[id]
-        lowers = read_lowers(layer)
-        return id_of_link(self.home, lowers[0]) if lowers else None
+    def _unmount_data(self, id: str, record: LayerRecord | None) -> None:
+        if record is None:
+            raise LayerNotFound(f"layer {id!r} does not exist in {self.home}")
+        layer = self._path(id)
+        if record.parent is None:
+            self._refs.decrement(str(layer / "diff"))
+            return
+        merged = layer / "merged"
+        if self._refs.decrement(str(merged)) > 0:
+            return
+        self._adopted.discard(str(merged))
+        if not self._refs.others(str(merged)):   # another live process still uses it
+            self._drop_mount(merged)
 
     def status(self) -> list[tuple[str, str]]:
         f = self._features
@@ -464,15 +437,15 @@ class Overlay2Driver(NaiveDiff, Driver):
             ("Quota", f"XFS project quota (default size {format_size(self._default_size)})"
              if self._quota and self._default_size else
              "XFS project quota" if self._quota else f"unavailable: {self._quota_reason}"),
-            ("Layers", str(len(self._layer_dirs()))),
+            ("Layers", str(len(self.layers()))),
         ]
         return rows
 
-    def metadata(self, id: str) -> dict[str, str]:
-        layer = self._dir(id)
+    def _metadata(self, record: LayerRecord) -> dict[str, str]:
+        layer = self._path(record.id)
         meta = {"WorkDir": str(layer / "work"), "MergedDir": str(layer / "merged"),
                 "UpperDir": str(layer / "diff")}
-        lowers = read_lowers(layer)
+        lowers = self._lowers(record)
         if lowers:
             meta["LowerDir"] = ":".join(os.path.realpath(self.home / lower) for lower in lowers)
         return meta
@@ -490,51 +463,32 @@ class Overlay2Driver(NaiveDiff, Driver):
             elif path.endswith("/merged") and not self._refs.others(path):
                 self._drop_mount(Path(path))
 
-    # -- diffs --------------------------------------------------------------
-    def _native(self, id: str, parent: str | None) -> bool:
-        """Whether the upper dir alone answers for ``id`` against ``parent``."""
-        if not self._features.native_diff:
-            return False
-        return parent is None or parent == self.parent(id)
+    # -- diffs (the template checked both ids and resolved the parent) ----------
+    def _native(self, record: LayerRecord, parent: str | None) -> bool:
+        """Whether the upper dir alone answers for the layer against ``parent``."""
+        return self._features.native_diff and parent == record.parent
 
-    def _lower_roots(self, layer: Path) -> list[str]:
-        return [str(self.home / lower) for lower in read_lowers(layer)]
+    def _lower_roots(self, record: LayerRecord) -> list[str]:
+        return [str(self.home / lower) for lower in self._lowers(record)]
 
-    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        layer = self._dir(id)
-        if parent is not None:
-            self._dir(parent)
-        if not self._native(id, parent):
-            return super().diff(id, parent)
-        return export_tree(layer / "diff", fmt=OVERLAY)
+    def _diff(self, record: LayerRecord, parent: str | None) -> BinaryIO:
+        if not self._native(record, parent):
+            return super()._diff(record, parent)
+        return export_tree(self._path(record.id) / "diff", fmt=OVERLAY)
 
-    def changes(self, id: str, parent: str | None = None) -> list[Change]:
-        layer = self._dir(id)
-        if parent is not None:
-            self._dir(parent)
-        if not self._native(id, parent):
-            return super().changes(id, parent)
-        return _diff.native_changes(str(layer / "diff"), self._lower_roots(layer))
+    def _changes(self, record: LayerRecord, parent: str | None) -> list[Change]:
+        if not self._native(record, parent):
+            return super()._changes(record, parent)
+        return _diff.native_changes(str(self._path(record.id) / "diff"),
+                                    self._lower_roots(record))
 
-    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
-        layer = self._dir(id)
-        if parent is not None:
-            self._dir(parent)
-        if not self._native(id, parent):
-            return super().apply_diff(id, parent, diff)
-        try:
-            return apply_tar(layer / "diff", diff,
-                             fmt=UpperDir(layer / "diff", self._lower_roots(layer)))
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace(f"layer {id!r} ran out of space while applying a diff "
-                              f"({exc.strerror})") from None
-            raise
+    def _apply_diff(self, record: LayerRecord, parent: str | None, diff: BinaryIO) -> int:
+        if not self._native(record, parent):
+            return super()._apply_diff(record, parent, diff)
+        upper = self._path(record.id) / "diff"
+        return apply_tar(upper, diff, fmt=UpperDir(upper, self._lower_roots(record)))
 
-    def diff_size(self, id: str, parent: str | None = None) -> int:
-        layer = self._dir(id)
-        if parent is not None:
-            self._dir(parent)
-        if not self._native(id, parent):
-            return super().diff_size(id, parent)
-        return _diff.upper_size(str(layer / "diff"))
+    def _diff_size(self, record: LayerRecord, parent: str | None) -> int:
+        if not self._native(record, parent):
+            return super()._diff_size(record, parent)
+        return _diff.upper_size(str(self._path(record.id) / "diff"))

@@ -7,8 +7,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from graphdrivers.kernel import fallocate
 
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600, *,
+                 reserve: int = 0) -> None:
+    """Replace ``path`` with ``data``, all or nothing; ``reserve``: blocks allocated up to
+    that many bytes for later appends (kept by the rename)."""
     path = Path(path)
     # pid and thread in the name: two writers of one file never share a temp file
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -18,6 +23,8 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> Non
             view = memoryview(data)
             while view:                      # os.write may write less than asked
                 view = view[os.write(fd, view):]
+            if reserve > len(data):
+                fallocate.reserve(fd, reserve)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -48,10 +55,11 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> None:
-    """Drop temp files a crashed writer left behind (the rename never happened)."""
+def remove_stale_temps(directory: str | os.PathLike, prefix: str = "") -> None:
+    """Drop temp files a crashed writer left behind (the rename never happened);
+    with ``prefix``, only the temps whose names start with it."""
     for entry in os.scandir(directory):
-        if entry.name.startswith(".") and ".tmp-" in entry.name:
+        if entry.name.startswith(prefix or ".") and ".tmp-" in entry.name:
             try:
                 os.unlink(entry.path)
             except FileNotFoundError:

@@ -49,19 +49,28 @@ def test_remove_while_mounted_keeps_the_layer(driver):
     assert not driver.exists("l")
 
 
-def test_remove_parent_with_children(driver):
+def test_remove_parent_with_children(driver, request):
+    """One rule for every driver (Docker's layer store, containerd): a layer with
+    children is not removed; LayerInUse names the children."""
+    if driver.name == "devicemapper":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="devicemapper keeps its own layer graph until it adopts the "
+                                "layer store (issue 14)"))
     driver.create("parent")
     with mounted(driver, "parent") as root:
         write(root, "p", "from parent")
     driver.create("child", "parent")
+    driver.create("child2", "parent")
     with mounted(driver, "child") as root:
         write(root, "c", "from child")
-    try:
+    with pytest.raises(LayerInUse, match="child, child2"):
         driver.remove("parent")
-    except LayerInUse:
-        assert driver.exists("parent")
-    else:
-        assert not driver.exists("parent")
+    assert driver.exists("parent") and driver.parent("child") == "parent"
+    with mounted(driver, "parent") as root:
+        assert read(root, "p") == b"from parent"
+    driver.remove("child2")
+    with pytest.raises(LayerInUse, match="child"):
+        driver.remove("parent")
     assert driver.exists("child")
     with mounted(driver, "child") as root:
         assert read(root, "p") == b"from parent"

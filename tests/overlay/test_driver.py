@@ -161,10 +161,14 @@ def test_crash_leftovers_are_cleaned_at_load(ovl, method):
     (ovl.home / f".tmp-gone-{dead}-abcd/diff").mkdir(parents=True)
     live = ovl.home / f".tmp-busy-{os.getpid()}-abcd"     # another live process is building it
     (live / "diff").mkdir(parents=True)
+    (ovl.home / "made/diff").mkdir(parents=True)   # renamed into place, not yet recorded
+    os.symlink("../made/diff", ovl.home / "l/MADEMADEMADEMADEMADEMADE12")
+    (ovl.home / "made/link").write_text("MADEMADEMADEMADEMADEMADE12")
     fresh = open_driver(ovl.home, method)
     try:
         assert fresh.layers() == ["base"]
-        assert sorted(os.listdir(ovl.home)) == [live.name, "base", "l"]
+        assert sorted(os.listdir(ovl.home)) == [live.name, "_layers.json", "_layers.lock",
+                                                "base", "l"]
         assert len(os.listdir(ovl.home / "l")) == 1
         fresh.create("half")
     finally:

@@ -186,15 +186,10 @@ def test_remove_refused_while_another_instance_holds_the_mount(driver_name, driv
     assert not driver.exists("busy")
 
 
-def test_children_made_or_removed_by_another_instance(driver_name, driver, home_and_options,
-                                                      request):
+def test_children_made_or_removed_by_another_instance(driver_name, driver, home_and_options):
     """The children rule holds across processes: a child made by another instance pins
     its parent here, and one removed there no longer does."""
     _single_process_only(driver_name)
-    if driver_name == "btrfs":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="btrfs removes a layer that has children (issue 14: one "
-                                "children rule for every driver)"))
     home, options = home_and_options
     driver.create("parent")
     driver.create("known", "parent")

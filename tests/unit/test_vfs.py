@@ -85,7 +85,8 @@ def test_create_errors_leave_nothing(vfs, tmp_path):
             vfs.create("b", rw=True, storage_opt={"size": "1G"})
     assert vfs.layers() == ["a"]
     assert os.listdir(tmp_path / "home/vfs/tmp") == []
-    assert sorted(os.listdir(tmp_path / "home/vfs/meta")) == ["a.json"]
+    assert sorted(os.listdir(tmp_path / "home/vfs/dir")) == ["a"]
+    assert [r.id for r in vfs.layer_store.records()] == ["a"]
 
 
 def test_missing_layers_and_bad_ids(vfs):
@@ -150,10 +151,13 @@ def test_recovers_from_crashed_create(tmp_path):
     dead = proc.pid
     (state / f"tmp/b-new-abc.{dead}.tmp/etc").mkdir(parents=True)
     (state / f"tmp/a-removed-abc.{dead}.tmp").mkdir()
-    (state / "meta/.b.json.tmp-123").write_text("{")
+    (state / "._layers.json.tmp-123-1").write_text("{")     # a records write cut short
+    (state / "dir/b").mkdir()           # data made, its record not yet written
     driver = graphdrivers.load("vfs", tmp_path / "home")
     assert driver.layers() == ["a"]
     assert os.listdir(state / "tmp") == []
+    assert sorted(os.listdir(state / "dir")) == ["a"]
+    assert not (state / "._layers.json.tmp-123-1").exists()
     driver.create("b", "a")
     assert driver.layers() == ["a", "b"]
 

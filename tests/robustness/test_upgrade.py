@@ -1,0 +1,107 @@
+"""A home written by the code from before the layer store loads with its layers intact.
+
+The old home is made by the old code itself: the tree of commit OLD (the last one
+before the store) is taken from git and imported in a child process, which
+creates layers on the home the way that code did (vfs meta/<id>.json, overlay2's
+lower/link files and l/ links, btrfs meta/ records). The new code then loads it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import io
+from pathlib import Path
+
+import pytest
+
+import graphdrivers
+from graphdrivers.errors import LayerInUse
+from graphdrivers.store.layers import LOG
+
+from .layers import content, dangling_links, write
+
+OLD = "6b8b77c"      # the last commit before the layer store
+REPO = Path(__file__).resolve().parents[2]
+HOST_DRIVERS = ("vfs", "overlay2", "btrfs")
+
+OLD_SCRIPT = """
+import json, sys, graphdrivers
+assert graphdrivers.__file__.startswith(sys.argv[1]), graphdrivers.__file__
+d = graphdrivers.load(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+def put(layer, name, data):
+    root = d.mount(layer)
+    with open(f"{root}/{name}", "wb") as f:
+        f.write(data)
+    d.unmount(layer)
+d.create("base"); put("base", "f", b"base")
+d.create("child", "base"); put("child", "g", b"child")
+d.create("top", "child", rw=True); put("top", "h", b"top")
+d.create("alone"); d.create("gone", "alone"); d.remove("gone")
+d.cleanup()
+"""
+
+
+def _old_package(tmp_path: Path) -> Path:
+    """The old tree laid out as the installed package was (setup.cfg's package_dir)."""
+    try:
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", OLD, "drivers", "overlay",
+                              "btrfs", "devmapper"], check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"the old code ({OLD}) is not in this clone's history: {exc}")
+    root = tmp_path / "old-code"
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(root, filter="tar")
+    package = root / "site" / "graphdrivers"
+    package.parent.mkdir()
+    (root / "drivers").rename(package)
+    for sub in ("overlay", "btrfs", "devmapper"):
+        (root / sub).rename(package / sub)
+    return package.parent
+
+
+@pytest.mark.parametrize("name", HOST_DRIVERS)
+def test_home_written_by_the_old_code(name, tmp_path):
+    from conftest import driver_home, skip_unless_requested
+    if name not in graphdrivers.available():
+        pytest.skip(f"{name} is not installed")
+    site = _old_package(tmp_path)
+    with driver_home(name, tmp_path) as (home, options):
+        try:
+            graphdrivers.registry.driver_class(name).probe(Path(home) / name)
+        except graphdrivers.NotSupported as exc:
+            skip_unless_requested(name, exc)
+        env = {**os.environ, "PYTHONPATH": str(site)}
+        subprocess.run([sys.executable, "-c", OLD_SCRIPT, str(site), name, str(home),
+                        json.dumps(options)], check=True, env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+        state = Path(home) / name
+        assert not (state / LOG).exists(), "the old code wrote no layer store"
+
+        drv = graphdrivers.load(name, home, options)
+        try:
+            assert drv.layers() == ["alone", "base", "child", "top"]
+            assert [drv.parent(i) for i in ("base", "child", "top", "alone")] == \
+                [None, "base", "child", None]
+            if name != "overlay2":      # overlay2's old layout kept no read-write flag
+                assert drv.layer_store.get("top").rw and not drv.layer_store.get("child").rw
+            assert content(drv, "top")["h"][7] and set(content(drv, "top")) >= {"f", "g", "h"}
+            assert set(content(drv, "child")) >= {"f", "g"} and "h" not in content(drv, "child")
+            with pytest.raises(LayerInUse, match="child"):
+                drv.remove("base")
+            # the store is the record now: a second load reads it, not the old files
+            assert (state / LOG).exists()
+            assert graphdrivers.load(name, home, options).layers() == drv.layers()
+            drv.create("new", "top")
+            write(drv, "new", {"n": b"new"})
+            assert set(content(drv, "new")) >= {"f", "g", "h", "n"}
+            for layer in ("new", "top", "child", "base", "alone"):
+                drv.remove(layer)
+            assert drv.layers() == []
+        finally:
+            drv.cleanup()
+        if name == "overlay2":
+            assert dangling_links(state / "l") == [] and os.listdir(state / "l") == []
+        assert not (state / "meta").exists() or os.listdir(state / "meta") == []
