@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import graphdrivers  # noqa: E402
 from graphdrivers.options import parse_size  # noqa: E402
@@ -111,7 +110,7 @@ def _open_host(stack: contextlib.ExitStack, name: str, kind: str, work: Path) ->
 
 def _open_devicemapper(stack: contextlib.ExitStack, kind: str, work: Path) -> BenchEnv:
     """Loop pool: sparse files on ext4 on the first VM disk; block pool: the other two disks."""
-    from backends.devicemapper import backend
+    from graphdrivers.testing.backends.devicemapper import backend
     disks = [d for d in os.environ.get("GRAPHDRIVERS_TEST_DISKS", "").split(",") if d]
     base, _, blocksize = kind.partition("+")
     options = {"dm.basesize": "1GB", "dm.blocksize": blocksize or "64KB"}

@@ -19,17 +19,13 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import graphdrivers  # noqa: E402
-from graphdrivers.btrfs import subvol  # noqa: E402
-
-from backends.btrfs import filesystem  # noqa: E402
+import graphdrivers
+from graphdrivers.btrfs import subvol
+from graphdrivers.testing.backends.btrfs import filesystem
 
 FILES = 10_000
 CYCLES = 200

@@ -11,15 +11,12 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 import graphdrivers
 from graphdrivers.kernel.mount import mount, umount
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from backends.devicemapper import backend  # noqa: E402
+from graphdrivers.testing.backends.devicemapper import backend
 
 pytestmark = pytest.mark.devicemapper
 

@@ -19,7 +19,8 @@ import time
 import pytest
 
 import graphdrivers
-from conftest import driver_home, driver_names
+from graphdrivers.testing.homes import driver_home
+from graphdrivers.testing.selection import driver_names
 from graphdrivers.kernel.mount import is_mountpoint, unmount_all_under
 
 CLI = [sys.executable, "-m", "graphdrivers.cli"]
@@ -469,7 +470,7 @@ def test_mount_outlives_the_process(name, tmp_path):
 
 @pytest.mark.devicemapper
 def test_pool_status_and_resize(tmp_path):
-    backend = pytest.importorskip("backends.devicemapper")
+    backend = pytest.importorskip("graphdrivers.testing.backends.devicemapper")
     with backend.backend(tmp_path) as (home, options):
         opts = []
         for key, value in options.items():

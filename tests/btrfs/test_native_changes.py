@@ -20,8 +20,8 @@ import graphdrivers
 from graphdrivers.btrfs import changes as native
 from graphdrivers.changes import changes_size, compare_trees
 
-from conformance.helpers import CAPABILITY, TarBuilder, build_rich_tree, content, write
-from conformance.test_diff import _change_child, _make_parent
+from graphdrivers.testing.conformance.helpers import CAPABILITY, TarBuilder, build_rich_tree, content, write
+from graphdrivers.testing.conformance.test_diff import _change_child, _make_parent
 
 
 def _members(stream) -> list[tuple]:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from graphdrivers.btrfs import changes as native
 from graphdrivers.changes import changes_size, compare_trees
 
-from conformance.helpers import CAPABILITY, content
+from graphdrivers.testing.conformance.helpers import CAPABILITY, content
 
 NAMES = ["a", "b", "c", "dd"]
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)

@@ -19,7 +19,7 @@ import pytest
 
 import graphdrivers
 
-from backends.devicemapper import backend
+from graphdrivers.testing.backends.devicemapper import backend
 
 pytestmark = pytest.mark.devicemapper
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from graphdrivers.overlay import mountapi
 from graphdrivers.overlay.driver import Overlay2Driver
-from loopfs import loop_filesystem
+from graphdrivers.testing.loopfs import loop_filesystem
 
 
 def new_api_works(tmp_path: Path) -> bool:

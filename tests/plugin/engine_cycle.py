@@ -462,8 +462,7 @@ def main(argv: list[str]) -> int:
             with contextlib.ExitStack() as stack:
                 base = work / driver
                 if driver == "btrfs":   # both data roots on a btrfs loop filesystem
-                    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-                    from backends.btrfs import filesystem
+                    from graphdrivers.testing.backends.btrfs import filesystem
                     base = stack.enter_context(filesystem(work))
                 ref = cycle_builtin(driver, base / "ref", tar)
                 got = cycle_plugin(driver, base / "gd", tar, spec_file=(driver != "vfs"))

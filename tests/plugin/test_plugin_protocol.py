@@ -312,14 +312,9 @@ def test_every_request_is_logged_at_debug(client, caplog):
 
 
 def _backend(name: str, tmp_path: Path):
-    """(home, options) for a driver, via tests/backends/<name>.py when it has one."""
-    import contextlib
-    import importlib
-    try:
-        module = importlib.import_module(f"backends.{name}")
-    except ModuleNotFoundError:
-        return contextlib.nullcontext((tmp_path / "home", {}))
-    return module.backend(tmp_path)
+    """(home, options) for a driver, from its registered home maker when it has one."""
+    from graphdrivers.testing.homes import driver_home
+    return driver_home(name, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["vfs", "overlay2", "btrfs"])

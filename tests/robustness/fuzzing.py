@@ -11,7 +11,7 @@ from pathlib import Path
 from graphdrivers.errors import DriverError
 from graphdrivers.kernel.mount import mounts_under
 
-from conformance.helpers import assert_listable
+from graphdrivers.testing.conformance.helpers import assert_listable
 
 from .canary import diff, make_canary, snapshot
 

@@ -57,7 +57,8 @@ def _run_child(name, home, options, op, env_fault: str | None, tar: Path | None 
 @pytest.mark.parametrize("name,point", CASES, ids=[f"{n}-{p.split('.', 1)[1]}" for n, p in CASES])
 def test_sigkill_at(name, point, tmp_path, request):
     # the shared fixtures, for just this driver (devicemapper has its own crash suite)
-    from conftest import driver_home, skip_unless_requested
+    from graphdrivers.testing.homes import driver_home
+    from graphdrivers.testing.selection import skip_unless_requested
     if name not in graphdrivers.available():
         pytest.skip(f"{name} is not installed")
     with driver_home(name, tmp_path) as (home, options):

@@ -40,7 +40,7 @@ def test_fuzz_overlay2_naive_apply(tmp_path, monkeypatch):
     (copy-up of the parent's entries, whiteouts made by the kernel): a path of
     its own, fuzzed with a third of the examples."""
     import graphdrivers
-    from conftest import driver_home
+    from graphdrivers.testing.homes import driver_home
     if "overlay2" not in graphdrivers.available():
         pytest.skip("overlay2 is not installed")
     monkeypatch.setenv("GRAPHDRIVERS_OVERLAY2_NAIVE_DIFF", "1")

@@ -64,7 +64,8 @@ def _old_package(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", HOST_DRIVERS)
 def test_home_written_by_the_old_code(name, tmp_path):
-    from conftest import driver_home, skip_unless_requested
+    from graphdrivers.testing.homes import driver_home
+    from graphdrivers.testing.selection import skip_unless_requested
     if name not in graphdrivers.available():
         pytest.skip(f"{name} is not installed")
     site = _old_package(tmp_path)

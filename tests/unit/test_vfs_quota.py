@@ -7,7 +7,7 @@ import os
 import graphdrivers
 import pytest
 from graphdrivers.errors import InvalidOption
-from loopfs import loop_filesystem
+from graphdrivers.testing.loopfs import loop_filesystem
 
 
 @pytest.fixture

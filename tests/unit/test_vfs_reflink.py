@@ -9,7 +9,7 @@ import graphdrivers
 import pytest
 from graphdrivers.vfs.copy import copy_tree
 from graphdrivers.changes import compare_trees
-from loopfs import loop_filesystem
+from graphdrivers.testing.loopfs import loop_filesystem
 from test_archive_trees import assert_same, build_tree, snapshot
 
 FS_IOC_FIEMAP = 0xC020660B

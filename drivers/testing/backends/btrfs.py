@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from loopfs import loop_filesystem
+from graphdrivers.testing.loopfs import loop_filesystem
 
 SIZE = 1 << 30       # sparse: costs only what is written
 

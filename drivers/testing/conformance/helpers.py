@@ -354,6 +354,6 @@ def tar_names(stream) -> list[str]:
 @contextlib.contextmanager
 def xfs_with_project_quota(tmp_path: Path, size: int = 300 << 20) -> Iterator[Path]:
     """A fresh XFS on a loop device mounted with prjquota."""
-    from loopfs import loop_filesystem
+    from graphdrivers.testing.loopfs import loop_filesystem
     with loop_filesystem(tmp_path, "xfs", size, "prjquota") as target:
         yield target

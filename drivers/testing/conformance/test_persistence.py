@@ -15,14 +15,11 @@ from graphdrivers.kernel.mount import MNT_DETACH, mounts_under, umount
 
 from .helpers import TarBuilder, build_rich_tree, content, mounted, snapshot, write, xattrs_supported
 
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
-
 READER = textwrap.dedent("""
     import json, sys
-    sys.path.insert(0, sys.argv[1])
     import graphdrivers
-    from conformance.helpers import snapshot
-    name, home, options = json.loads(sys.argv[2])
+    from graphdrivers.testing.conformance.helpers import snapshot
+    name, home, options = json.loads(sys.argv[1])
     with graphdrivers.load(name, home, options) as d:
         out = {}
         for layer in sorted(d.layers()):
@@ -58,7 +55,7 @@ def test_reload_in_new_process(driver_name, home_and_options):
         for layer in ("base", "child", "grandchild"):
             with mounted(d, layer) as root:
                 expected[layer] = {p: repr(e) for p, e in snapshot(root).items()}
-    result = _run(READER, TESTS_DIR, json.dumps([driver_name, str(home), options]))
+    result = _run(READER, json.dumps([driver_name, str(home), options]))
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert sorted(seen) == ["base", "child", "grandchild"]
