@@ -110,7 +110,7 @@ def _open_host(stack: contextlib.ExitStack, name: str, kind: str, work: Path) ->
 
 def _open_devicemapper(stack: contextlib.ExitStack, kind: str, work: Path) -> BenchEnv:
     """Loop pool: sparse files on ext4 on the first VM disk; block pool: the other two disks."""
-    from graphdrivers.testing.backends.devicemapper import backend
+    from graphdrivers.devmapper.testing import backend
     disks = [d for d in os.environ.get("GRAPHDRIVERS_TEST_DISKS", "").split(",") if d]
     base, _, blocksize = kind.partition("+")
     options = {"dm.basesize": "1GB", "dm.blocksize": blocksize or "64KB"}

@@ -25,7 +25,7 @@ import pytest
 
 import graphdrivers
 from graphdrivers.btrfs import subvol
-from graphdrivers.testing.backends.btrfs import filesystem
+from graphdrivers.btrfs.testing import filesystem
 
 FILES = 10_000
 CYCLES = 200

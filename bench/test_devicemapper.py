@@ -16,7 +16,7 @@ import pytest
 
 import graphdrivers
 from graphdrivers.kernel.mount import mount, umount
-from graphdrivers.testing.backends.devicemapper import backend
+from graphdrivers.devmapper.testing import backend
 
 pytestmark = pytest.mark.devicemapper
 

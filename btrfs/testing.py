@@ -1,5 +1,8 @@
 """A btrfs filesystem for the btrfs driver's tests: a sparse file on a loop device.
 
+``backend`` is the driver's home maker for the conformance suite (registered in
+setup.cfg under the graphdrivers.testing.homes entry points).
+
 Everything made here is released in ``finally`` blocks: the mount, then the
 loop device (autoclear, so closing our descriptor after the unmount frees it).
 """

@@ -1,5 +1,8 @@
 """devicemapper test backend: a small loopback thin pool under the test's tmp dir.
 
+``backend`` is the driver's home maker for the conformance suite (registered in
+setup.cfg under the graphdrivers.testing.homes entry points).
+
 Skips on a kernel without device-mapper (the development hosts); in the VM
 (scripts/vm-test) it yields a home with a 2GB/64MB loop pool and a 512MB base,
 and afterwards removes every mount, dm device and loop device the test left.

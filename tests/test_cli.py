@@ -470,7 +470,7 @@ def test_mount_outlives_the_process(name, tmp_path):
 
 @pytest.mark.devicemapper
 def test_pool_status_and_resize(tmp_path):
-    backend = pytest.importorskip("graphdrivers.testing.backends.devicemapper")
+    backend = pytest.importorskip("graphdrivers.devmapper.testing")
     with backend.backend(tmp_path) as (home, options):
         opts = []
         for key, value in options.items():

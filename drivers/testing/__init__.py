@@ -16,10 +16,10 @@ What is here:
 - ``homes``: the directory (and options) each driver starts in; a driver that needs
   a prepared backend (a filesystem, a pool) registers a maker in the
   ``graphdrivers.testing.homes`` entry point group, as btrfs and devicemapper do
-  with the makers in ``backends``;
+  (``graphdrivers.btrfs.testing``, ``graphdrivers.devmapper.testing``);
 - ``fixtures``: the pytest fixtures (``driver``, ``driver_name``, ``home_and_options``);
 - ``plugin``: the ``--graphdriver`` option, registered through the ``pytest11`` entry point;
-- ``loopfs``: a fresh filesystem on a loop device, for backends and tests.
+- ``loopfs``: a fresh filesystem on a loop device, for home makers and tests.
 
 docs/testing.md walks through a third-party driver's run.
 """

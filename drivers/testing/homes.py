@@ -12,7 +12,8 @@ A maker is called with the test's ``tmp_path`` and returns a context manager
 that yields ``(home, options)``: the directory to pass to ``graphdrivers.load``
 and the driver options to start with. It releases what it made on exit, and
 calls ``pytest.skip`` with the reason when the machine cannot provide it.
-The built-in makers (``graphdrivers.testing.backends``) register the same way.
+The built-in makers register the same way, each beside its driver
+(``graphdrivers.btrfs.testing``, ``graphdrivers.devmapper.testing``).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 import graphdrivers
-from graphdrivers.testing.backends.btrfs import filesystem
+from graphdrivers.btrfs.testing import filesystem
 
 _homes = itertools.count()
 

@@ -18,7 +18,7 @@ import pytest
 
 import graphdrivers
 
-from graphdrivers.testing.backends.devicemapper import backend, without_loop_sizes
+from graphdrivers.devmapper.testing import backend, without_loop_sizes
 
 pytestmark = pytest.mark.devicemapper
 

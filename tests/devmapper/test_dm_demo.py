@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphdrivers.testing.backends.devicemapper import require_dm
+from graphdrivers.devmapper.testing import require_dm
 from demo_run import assert_nothing_left, corrupt_tar, run_demo
 
 pytestmark = pytest.mark.devicemapper

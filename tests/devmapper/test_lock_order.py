@@ -19,7 +19,7 @@ import pytest
 
 import graphdrivers
 
-from graphdrivers.testing.backends.devicemapper import backend
+from graphdrivers.devmapper.testing import backend
 
 pytestmark = pytest.mark.devicemapper
 

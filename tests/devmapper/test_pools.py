@@ -14,7 +14,7 @@ import graphdrivers
 from graphdrivers.kernel import loop as loopback
 from graphdrivers.errors import InvalidOption, NoSpace
 
-from graphdrivers.testing.backends.devicemapper import backend, require_dm, teardown, without_loop_sizes
+from graphdrivers.devmapper.testing import backend, require_dm, teardown, without_loop_sizes
 
 pytestmark = pytest.mark.devicemapper
 

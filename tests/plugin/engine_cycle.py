@@ -462,7 +462,7 @@ def main(argv: list[str]) -> int:
             with contextlib.ExitStack() as stack:
                 base = work / driver
                 if driver == "btrfs":   # both data roots on a btrfs loop filesystem
-                    from graphdrivers.testing.backends.btrfs import filesystem
+                    from graphdrivers.btrfs.testing import filesystem
                     base = stack.enter_context(filesystem(work))
                 ref = cycle_builtin(driver, base / "ref", tar)
                 got = cycle_plugin(driver, base / "gd", tar, spec_file=(driver != "vfs"))

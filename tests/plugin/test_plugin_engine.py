@@ -17,7 +17,7 @@ WHY = ec.missing_tools()
 def backing(driver: str, work):
     """Where both dockerds keep their data: btrfs needs a btrfs filesystem."""
     if driver == "btrfs":
-        from graphdrivers.testing.backends.btrfs import filesystem
+        from graphdrivers.btrfs.testing import filesystem
         with filesystem(work) as mnt:
             yield mnt
     else:

@@ -1,2 +1,0 @@
-"""Home makers for the built-in drivers that need a prepared backend (btrfs, devicemapper),
-registered in setup.cfg under the graphdrivers.testing.homes entry points."""
