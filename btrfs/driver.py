@@ -36,7 +36,7 @@ from graphdrivers.errors import DriverError, InvalidOption, NotSupported
 from graphdrivers.layerid import is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_bool, parse_options, parse_size
-from graphdrivers.store.layers import LayerRecord
+from graphdrivers.store.layers import LayerRecord, legacy_record
 from graphdrivers.store.refcount import RefCounter
 
 from . import quota, subvol
@@ -98,14 +98,10 @@ class BtrfsDriver(NaiveDiff, Driver):
     def _import_records(self) -> Iterable[LayerRecord]:
         for layer_id in self._data_ids():
             try:
-                meta = read_json(self.home / "meta" / f"{layer_id}.json")
-            except (FileNotFoundError, ValueError):
-                meta = {}
-            try:
                 fields = {"size": int(self._quota_file(layer_id).read_bytes())}
             except (FileNotFoundError, ValueError):
                 fields = {}
-            yield LayerRecord(layer_id, meta.get("parent"), bool(meta.get("rw")), fields)
+            yield legacy_record(self.home, layer_id, fields)
 
     def _data_ids(self) -> list[str]:
         return [e.name for e in os.scandir(self.home / "subvolumes")

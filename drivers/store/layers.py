@@ -32,13 +32,14 @@ import contextlib
 import fcntl
 import json
 import os
+import pathlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from graphdrivers.errors import DriverError, LayerExists, LayerInUse, LayerNotFound
 from graphdrivers.kernel.fallocate import reserve
-from graphdrivers.store.atomicfile import remove_stale_temps, write_atomic
+from graphdrivers.store.atomicfile import read_json, remove_stale_temps, write_atomic
 
 LOG = "_layers.json"
 LOCK = "_layers.lock"
@@ -59,6 +60,15 @@ class LayerRecord:
         if self.fields:
             line["x"] = dict(self.fields)
         return line
+
+
+def legacy_record(home: pathlib.Path, layer_id: str, fields: Mapping[str, Any] | None = None) -> LayerRecord:
+    """A layer's record as homes kept it before this store: ``meta/<id>.json``, if any."""
+    try:
+        meta = read_json(home / "meta" / f"{layer_id}.json")
+    except (FileNotFoundError, ValueError):
+        meta = {}
+    return LayerRecord(layer_id, meta.get("parent"), bool(meta.get("rw")), fields or {})
 
 
 def _children_text(children: list[str]) -> str:

@@ -27,13 +27,13 @@ from graphdrivers import faults
 from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
 from graphdrivers.vfs.copy import copy_tree
-from graphdrivers.store.atomicfile import fsync_dir, read_json
+from graphdrivers.store.atomicfile import fsync_dir
 from graphdrivers.driver import Driver
 from graphdrivers.errors import InvalidOption
 from graphdrivers.layerid import is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, parse_options, parse_size
-from graphdrivers.store.layers import LayerRecord
+from graphdrivers.store.layers import LayerRecord, legacy_record
 from graphdrivers.store.refcount import RefCounter
 from graphdrivers.vfs.quota import quota_control
 
@@ -75,11 +75,7 @@ class VfsDriver(NaiveDiff, Driver):
 
     def _import_records(self) -> Iterable[LayerRecord]:
         for layer_id in self._data_ids():
-            try:
-                meta = read_json(self.home / "meta" / f"{layer_id}.json")
-            except (FileNotFoundError, ValueError):
-                meta = {}
-            yield LayerRecord(layer_id, meta.get("parent"), bool(meta.get("rw")))
+            yield legacy_record(self.home, layer_id)
 
     def _data_ids(self) -> list[str]:
         return [e.name for e in os.scandir(self._dir) if is_valid_id(e.name)]
