@@ -216,9 +216,12 @@ class Image:
         return chain
 
 
-def docker_save(out: Path, built: list[Layer] | None = None, ref: str = REF) -> Image:
-    """Write ``built`` (default: ``layers()``) as a docker-save tarball at ``out``."""
+def docker_save(out: Path, built: list[Layer] | None = None, ref: str = REF,
+                extra: list[bytes] = ()) -> Image:
+    """Write ``built`` (default: ``layers()``) and then the ready layer tars
+    ``extra`` as a docker-save tarball at ``out``."""
     blobs = [layer.tar_bytes() for layer in (built if built is not None else layers())]
+    blobs += list(extra)
     diff_ids = ["sha256:" + hashlib.sha256(b).hexdigest() for b in blobs]
     config = json.dumps({
         "architecture": "amd64", "os": "linux", "created": "2023-11-14T22:13:20Z",
