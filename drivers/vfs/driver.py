@@ -28,13 +28,15 @@ from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
 from graphdrivers.vfs.copy import copy_tree
 from graphdrivers.store.atomicfile import fsync_dir, read_json
-from graphdrivers.driver import Driver
+from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
+from graphdrivers.driver import Driver, os_errors
 from graphdrivers.errors import InvalidOption
-from graphdrivers.layerid import is_valid_id
+from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, parse_options, parse_size
 from graphdrivers.store.layers import LayerRecord
 from graphdrivers.store.refcount import RefCounter
+from graphdrivers.usage import tree_usage
 from graphdrivers.vfs.quota import quota_control
 
 
@@ -45,7 +47,7 @@ faults.register(
     "vfs.create.after_rename",
     "vfs.remove.after_rename")
 
-class VfsDriver(NaiveDiff, Driver):
+class VfsDriver(NaiveDiff, LayerMounts, Driver):
     name = "vfs"
     OPTIONS: Mapping[str, Option] = {}
     LAYER_OPTIONS: Mapping[str, Option] = {
@@ -154,6 +156,17 @@ class VfsDriver(NaiveDiff, Driver):
 
     def _metadata(self, record: LayerRecord) -> dict[str, Any]:
         return {"Dir": str(self._layer(record.id))}
+
+    # -- LayerMounts (capabilities.py) -------------------------------------------
+    def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        self._record(check_id(id))
+        return [MountSpec("bind", str(self._layer(id)), ("ro" if readonly else "rw", "rbind"))]
+
+    def layer_usage(self, id: str) -> Usage:
+        """A vfs child is a full copy: all of it is the layer's own space."""
+        self._record(check_id(id))
+        with os_errors(f"measure layer {id}"):
+            return tree_usage(self._layer(id))
 
     # -- the rest of the interface ----------------------------------------------
     def status(self) -> list[tuple[str, str]]:
