@@ -194,9 +194,9 @@ def run_cycle(engine: Containerd, snapshotter: str, img: image.Image,
     blob = change_and_commit(engine, snapshotter, img, obs)
     if restart is not None:
         restart()
-        obs.ls["restarted"] = snapshot_list(engine, snapshotter)
-        obs.check = engine.run(snapshotter, img.ref, "check2", image.CHECK)
+        assert snapshot_list(engine, snapshotter) == obs.ls["committed"], "ls changed"
         assert tree.snapshot_tree(engine, snapshotter, "v5") == obs.tree5, "v5 changed"
+        obs.check = engine.run(snapshotter, img.ref, "check2", image.CHECK)
     labels_and_info(engine, snapshotter, obs)
     usage_facts(engine, snapshotter, obs)
     run_on_diff(engine, snapshotter, img, blob, obs)
