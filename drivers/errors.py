@@ -58,3 +58,7 @@ class InvalidRequest(DriverError):
 
 class WrongState(DriverError):
     """The object exists but is not in the state the operation needs (commit of a view)."""
+
+
+class LimitExceeded(DriverError):
+    """A request past a fixed limit of the kernel or the engine (mount options, depth)."""

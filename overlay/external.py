@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 
 from graphdrivers.capabilities import MountSpec
-from graphdrivers.errors import DriverError
+from graphdrivers.errors import LimitExceeded
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-class TooDeepForOneMount(DriverError):
+class TooDeepForOneMount(LimitExceeded):
     """The overlay options of a layer's chain do not fit in one mount(2) call."""
 
 

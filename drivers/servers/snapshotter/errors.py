@@ -10,13 +10,14 @@ import grpc
 
 from graphdrivers.errors import (CorruptArchive, DriverError, InvalidLayerId, InvalidOption,
                                  InvalidRequest, LayerExists, LayerInUse, LayerNotFound,
-                                 NoSpace, NotSupported, WrongState)
+                                 LimitExceeded, NoSpace, NotSupported, WrongState)
 
 CODES: dict[type, grpc.StatusCode] = {
     LayerNotFound: grpc.StatusCode.NOT_FOUND,
     LayerExists: grpc.StatusCode.ALREADY_EXISTS,
     LayerInUse: grpc.StatusCode.FAILED_PRECONDITION,
     WrongState: grpc.StatusCode.FAILED_PRECONDITION,
+    LimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidOption: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidLayerId: grpc.StatusCode.INVALID_ARGUMENT,
