@@ -224,9 +224,11 @@ def own_shims(address: Path) -> list[int]:
 
 def snapshot_list(engine: Containerd, snapshotter: str) -> list[tuple[str, str, str]]:
     """``ctr snapshots ls`` as sorted (key, parent, kind) rows."""
-    rows = engine.ctr("snapshots", "--snapshotter", snapshotter, "ls").splitlines()[1:]
-    return sorted(tuple((row.split() + ["", ""])[:3]) if len(row.split()) == 3
-                  else (row.split()[0], "", row.split()[-1]) for row in rows)
+    rows = []
+    for line in engine.ctr("snapshots", "--snapshotter", snapshotter, "ls").splitlines()[1:]:
+        fields = line.split()          # KEY [PARENT] KIND: a snapshot without parent has two
+        rows.append((fields[0], fields[1] if len(fields) == 3 else "", fields[-1]))
+    return sorted(rows)
 
 
 def snapshot_info(engine: Containerd, snapshotter: str, key: str) -> dict:
