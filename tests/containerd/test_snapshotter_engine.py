@@ -70,3 +70,22 @@ def test_killed_engine_and_snapshotter_lose_nothing(gd_stack, e2e_image):
     cycle.ctr_snap(engine, snap.name, "rm", "image-view")
     cycle.refusals_and_removal(engine, snap.name, after)
     assert after.ls["removed"] == before.ls["imported"]
+
+
+DEPTH = 128      # the snapshotter conformance suite's deep chain; overlay2 fits 144 (docs)
+
+
+def test_deep_image_unpacks_and_runs(gd_stack, tmp_path):
+    """A 128-layer image: containerd unpacks each layer on the one before
+    (Prepare on a chain as deep as the image) and mounts all of them for a
+    container, which sees the first layer's file and every later one's."""
+    from containerd import image
+    layers = [image.base_layer()] + [image.Layer().dir("deep").file(f"deep/{i:03d}", f"{i}\n")
+                                     for i in range(1, DEPTH)]
+    img = image.docker_save(tmp_path / "deep.tar", built=layers, ref="localhost/deep:1")
+    engine, name = gd_stack.containerd, gd_stack.snapshotter.name
+    engine.ctr("image", "import", "--snapshotter", name, str(img.path), timeout=600)
+    out = engine.run(name, img.ref, "deep", "ls /deep | wc -l; cat /deep/001 /deep/127; "
+                     "cat /etc/motd")
+    assert out == f"{DEPTH - 1}\n1\n127\nmotd v1\n"
+    assert len(snapshot_list(engine, name)) == DEPTH
