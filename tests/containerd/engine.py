@@ -5,7 +5,7 @@ Layout under ``work`` (sockets stay short: unix paths are limited to 108 bytes):
     config.toml      version 2; CRI and the /opt plugin disabled; proxy snapshotters named
     root/ state/     containerd's --root and --state (built-in snapshotters live in root/)
     c.sock           the GRPC API that ctr talks to (--address), c.sock.ttrpc beside it
-    fifo/ runc/ tmp/ ctr's I/O fifos, runc's state, containerd's temporary mounts
+    fifo/ tmp/       ctr's I/O fifos, containerd's temporary mounts
     containerd.log
 
 What containerd would still write outside (the shims' sockets are hard-coded
@@ -135,7 +135,7 @@ class Containerd:
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
-        for sub in ("root", "state", "fifo", "runc", "tmp"):
+        for sub in ("root", "state", "fifo", "tmp"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         config = self.work / "config.toml"
         config.write_text(self.config())
@@ -175,8 +175,10 @@ class Containerd:
 
     def run(self, snapshotter: str, ref: str, cid: str, script: str, *, keep: bool = False) -> str:
         """``ctr run`` a container (removed afterwards unless ``keep``); its output."""
+        # ctr makes the I/O fifos itself, in the host's /run unless told; runc's state
+        # goes to /run/containerd/runc, which is the namespace's own tmpfs
         args = ["run", "--snapshotter", snapshotter, "--fifo-dir", str(self.work / "fifo"),
-                "--runc-root", str(self.work / "runc"), "--cgroup", f"/gde2e-{os.getpid()}-{cid}"]
+                "--cgroup", f"/gde2e-{os.getpid()}-{cid}"]
         if not keep:
             args.append("--rm")
         return self.ctr(*args, ref, cid, "sh", "-c", script)
