@@ -34,7 +34,10 @@ def pytest_collection_modifyitems(items):
         driver = getattr(item, "callspec", None) and item.callspec.params.get("driver_name")
         defect = driver and _cannot_serve(driver)
         if defect:
-            item.add_marker(pytest.mark.xfail(strict=True, reason=defect))
+            # one case runs and must fail (strict); the others would fail the same
+            # way after the same slow set-up (a thin pool under emulation, ~100 s)
+            runs = item.originalname == "test_cycle_matches_builtin_across_restarts"
+            item.add_marker(pytest.mark.xfail(strict=True, run=runs, reason=defect))
 
 
 @pytest.fixture
