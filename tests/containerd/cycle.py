@@ -10,7 +10,6 @@ image.CHECK_OUT) must equal those too.
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -224,10 +223,6 @@ def compare(reference: Observation, got: Observation) -> list[str]:
         else:
             problems.append(f"{name}: {want!r} != {have!r}")
     return problems
-
-
-def stop_signal(kill: bool) -> int:
-    return signal.SIGKILL if kill else signal.SIGTERM
 
 
 def fixed_answer_problems(obs: Observation) -> list[str]:
