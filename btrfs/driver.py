@@ -31,13 +31,15 @@ from graphdrivers.kernel import statfs as fsinfo
 from graphdrivers.archive import export_changes
 from graphdrivers.store.atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
 from graphdrivers.changes import changes_size
-from graphdrivers.driver import Change, Driver
+from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
+from graphdrivers.driver import Change, ChangeKind, Driver, os_errors
 from graphdrivers.errors import DriverError, InvalidOption, NotSupported
-from graphdrivers.layerid import is_valid_id
+from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_bool, parse_options, parse_size
-from graphdrivers.store.layers import LayerRecord
+from graphdrivers.store.layers import LayerRecord, legacy_record
 from graphdrivers.store.refcount import RefCounter
+from graphdrivers.usage import paths_usage, tree_usage
 
 from . import quota, subvol
 
@@ -49,7 +51,7 @@ faults.register(
 LAYER_OPTIONS = {"size": Option(parse_size, None, "maximum referenced bytes (btrfs qgroup limit)")}
 
 
-class BtrfsDriver(NaiveDiff, Driver):
+class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
     name = "btrfs"
     OPTIONS = {
         "btrfs.min_space": Option(parse_size, None,
@@ -98,14 +100,10 @@ class BtrfsDriver(NaiveDiff, Driver):
     def _import_records(self) -> Iterable[LayerRecord]:
         for layer_id in self._data_ids():
             try:
-                meta = read_json(self.home / "meta" / f"{layer_id}.json")
-            except (FileNotFoundError, ValueError):
-                meta = {}
-            try:
                 fields = {"size": int(self._quota_file(layer_id).read_bytes())}
             except (FileNotFoundError, ValueError):
                 fields = {}
-            yield LayerRecord(layer_id, meta.get("parent"), bool(meta.get("rw")), fields)
+            yield legacy_record(self.home, layer_id, fields)
 
     def _data_ids(self) -> list[str]:
         return [e.name for e in os.scandir(self.home / "subvolumes")
@@ -214,6 +212,21 @@ class BtrfsDriver(NaiveDiff, Driver):
 
     def _unmount_data(self, id: str, record: LayerRecord | None) -> None:
         self._refs.decrement(str(self._dir(id)))
+
+    # -- LayerMounts (capabilities.py) -------------------------------------------
+    def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        self._record(check_id(id))
+        return [MountSpec("bind", str(self._dir(id)), ("ro" if readonly else "rw", "rbind"))]
+
+    def layer_usage(self, id: str) -> Usage:
+        """A snapshot shares its parent's extents: its own data is what changed since
+        (the generation search of changes.py finds it without a full walk)."""
+        record = self._record(check_id(id))
+        with os_errors(f"measure layer {id}"):
+            if record.parent is None:
+                return tree_usage(self._dir(id))
+            changed = [c.path for c in self.changes(id) if c.kind != ChangeKind.DELETE]
+            return paths_usage(self._dir(id), changed)
 
     def status(self) -> list[tuple[str, str]]:
         from importlib.metadata import PackageNotFoundError, version

@@ -4,9 +4,11 @@ same ioctls through fcntl. Both make one ioctl per operation; no ``btrfs`` proce
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from typing import Iterator
 
 from . import ioctl
 from .structs import ROOT_REF
@@ -49,8 +51,14 @@ def _oserror(exc: Exception, path: str | os.PathLike) -> OSError:
     return OSError(err, f"{exc}", os.fspath(path))
 
 
-def _open_dir(path: str | os.PathLike) -> int:
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike) -> Iterator[int]:
+    """A directory fd for the ioctls, closed on exit."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def create(path: str | os.PathLike) -> None:
@@ -61,12 +69,9 @@ def create(path: str | os.PathLike) -> None:
             return
         except _binding.BtrfsUtilError as exc:
             raise _oserror(exc, path) from None
-    parent, name = os.path.split(os.path.abspath(path))
-    fd = _open_dir(parent)
-    try:
-        ioctl.subvol_create(fd, name)
-    finally:
-        os.close(fd)
+    parent_dir, name = os.path.split(os.path.abspath(path))
+    with _opened(parent_dir) as parent:
+        ioctl.subvol_create(parent, name)
 
 
 def snapshot(source: str | os.PathLike, path: str | os.PathLike, *, read_only: bool = False) -> None:
@@ -77,16 +82,9 @@ def snapshot(source: str | os.PathLike, path: str | os.PathLike, *, read_only: b
             return
         except _binding.BtrfsUtilError as exc:
             raise _oserror(exc, path) from None
-    parent, name = os.path.split(os.path.abspath(path))
-    src = _open_dir(source)
-    try:
-        fd = _open_dir(parent)
-        try:
-            ioctl.snap_create(src, fd, name, read_only=read_only)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(src)
+    parent_dir, name = os.path.split(os.path.abspath(path))
+    with _opened(source) as src, _opened(parent_dir) as parent:
+        ioctl.snap_create(src, parent, name, read_only=read_only)
 
 
 def delete(path: str | os.PathLike) -> None:
@@ -97,12 +95,9 @@ def delete(path: str | os.PathLike) -> None:
             return
         except _binding.BtrfsUtilError as exc:
             raise _oserror(exc, path) from None
-    parent, name = os.path.split(os.path.abspath(path))
-    fd = _open_dir(parent)
-    try:
-        ioctl.snap_destroy(fd, name)
-    finally:
-        os.close(fd)
+    parent_dir, name = os.path.split(os.path.abspath(path))
+    with _opened(parent_dir) as parent:
+        ioctl.snap_destroy(parent, name)
 
 
 def delete_recursive(path: str | os.PathLike) -> list[int]:
@@ -125,8 +120,7 @@ def delete_recursive(path: str | os.PathLike) -> list[int]:
 def nested_subvolumes(path: str | os.PathLike) -> list[str]:
     """Paths of subvolumes directly below the subvolume at ``path``."""
     path = os.fspath(path)
-    fd = _open_dir(path)
-    try:
+    with _opened(path) as fd:
         sid = ioctl.subvol_info(fd).id
         found = []
         for item in ioctl.tree_search(fd, ioctl.ROOT_TREE_OBJECTID, (sid, ioctl.ROOT_REF_KEY, 0),
@@ -135,16 +129,11 @@ def nested_subvolumes(path: str | os.PathLike) -> list[str]:
             name = os.fsdecode(item.data[ROOT_REF.size:ROOT_REF.size + ref.name_len])
             found.append(os.path.join(path, ioctl.ino_lookup(fd, sid, ref.dirid), name))
         return found
-    finally:
-        os.close(fd)
 
 
 def info(path: str | os.PathLike) -> ioctl.SubvolInfo:
-    fd = _open_dir(path)
-    try:
+    with _opened(path) as fd:
         return ioctl.subvol_info(fd)
-    finally:
-        os.close(fd)
 
 
 def subvolume_id(path: str | os.PathLike) -> int:
@@ -162,8 +151,5 @@ def is_subvolume(path: str | os.PathLike) -> bool:
 
 def sync(path: str | os.PathLike) -> None:
     """Commit the running transaction of the filesystem holding ``path``."""
-    fd = _open_dir(path)
-    try:
+    with _opened(path) as fd:
         ioctl.sync(fd)
-    finally:
-        os.close(fd)

@@ -1,11 +1,13 @@
 """Optional capabilities a driver declares by inheriting them; callers ask by type.
 
-The CLI's ``pool`` commands work on any driver that is a ``PoolAdmin``, so the
-framework never names the driver that has one.
+The CLI's ``pool`` commands work on any driver that is a ``PoolAdmin``, and the
+containerd snapshotter serves any driver that is a ``LayerMounts``, so the framework
+never names the driver that has one.
 """
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 
@@ -24,3 +26,35 @@ class PoolAdmin(abc.ABC):
                     extend: str | None = None, extend_metadata: str | None = None,
                     **sizes: int | None) -> dict[str, Any]:
         """Grow the pool online (shrinking is refused); returns pool_status() after it."""
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """One mount a caller performs itself: mount(2) of ``source`` with ``type`` on its own
+    target; ``options`` in mount(8) spelling, flags ("ro", "rbind") and data alike
+    (containerd's Mount message)."""
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    size: int       # bytes allocated on disk (st_blocks * 512), each inode once
+    inodes: int
+
+
+class LayerMounts(abc.ABC):
+    """The driver can say which mounts expose a layer, for a caller that mounts them
+    itself (containerd through the snapshotter), without mounting anything here."""
+
+    @abc.abstractmethod
+    def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """Mounts that show layer ``id`` (its parents under it) at one target: writable
+        into the layer itself, or read-only. LayerNotFound for a missing layer; a
+        DriverError when no single mount(2) could take it (say why and the limit)."""
+
+    @abc.abstractmethod
+    def layer_usage(self, id: str) -> Usage:
+        """Disk space and inodes of the layer's own data (not what it shares with its
+        parents)."""

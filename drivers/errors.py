@@ -50,3 +50,15 @@ def from_os_error(exc: OSError, doing: str) -> DriverError:
         return NoSpace(f"no space to {doing}: {reason}; free space on the backing store "
                        "or raise the size limit")
     return DriverError(f"cannot {doing}: {reason}")
+
+
+class InvalidRequest(DriverError):
+    """A request that is malformed: a missing name, an unknown field, a bad filter."""
+
+
+class WrongState(DriverError):
+    """The object exists but is not in the state the operation needs (commit of a view)."""
+
+
+class LimitExceeded(DriverError):
+    """A request past a fixed limit of the kernel or the engine (mount options, depth)."""

@@ -36,18 +36,20 @@ from graphdrivers.kernel import statfs as fsinfo
 from graphdrivers.kernel import mount as _mount
 from graphdrivers.archive import apply_tar, export_tree
 from graphdrivers.store.atomicfile import fsync_dir
-from graphdrivers.driver import Change, Driver
+from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
+from graphdrivers.driver import Change, Driver, os_errors
 from graphdrivers.errors import DriverError, InvalidOption, LayerNotFound, NotSupported
-from graphdrivers.layerid import is_valid_id
+from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_options, parse_size
 from graphdrivers.store.layers import LayerRecord
 from graphdrivers.store.refcount import RefCounter
+from graphdrivers.usage import tree_usage
 
 from . import diff as _diff
 from graphdrivers.kernel import projquota as quota
 
-from . import mountapi, probe
+from . import external, mountapi, probe
 from .apply import MERGED, UpperDir
 from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name, read_lowers,
                      read_text)
@@ -106,7 +108,7 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-class Overlay2Driver(NaiveDiff, Driver):
+class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
     name = "overlay2"
     whiteout_format = MERGED        # the naive diff's apply, through the mount
     OPTIONS = {
@@ -418,6 +420,36 @@ class Overlay2Driver(NaiveDiff, Driver):
         self._adopted.discard(str(merged))
         if not self._refs.others(str(merged)):   # another live process still uses it
             self._drop_mount(merged)
+
+    # -- LayerMounts (capabilities.py) -------------------------------------------
+    def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """Writable: an overlay of the parents under the layer's own upper dir (a bind of
+        it for a base layer). Read-only: the layer and its parents, without an upper
+        dir (a bind of one directory when that is all there is). See external.py for
+        the depth limit of a caller's mount(2)."""
+        record = self._record(check_id(id))
+        home = str(self.home)
+        upper = f"{home}/{dir_name(id)}/diff"
+        lowers = [f"{home}/{lower}" for lower in self._lowers(record)]
+        if readonly:
+            lowers.insert(0, f"{home}/{LINK_DIR}/{record.fields.get('link', '')}")
+            if len(lowers) == 1:
+                return [MountSpec("bind", upper, ("ro", "rbind"))]
+            return [external.overlay_mount(lowers, None, None, self._features.options,
+                                           readonly=True)]
+        if not lowers:
+            return [MountSpec("bind", upper, ("rw", "rbind"))]
+        work = f"{home}/{dir_name(id)}/work"
+        if not os.path.isdir(work):
+            raise DriverError(f"layer {id} was created read-only (it has no overlay work "
+                              "dir); it can only be mounted read-only")
+        return [external.overlay_mount(lowers, upper, work, self._features.options,
+                                       readonly=False)]
+
+    def layer_usage(self, id: str) -> Usage:
+        self._record(check_id(id))
+        with os_errors(f"measure layer {id}"):
+            return tree_usage(self._path(id) / "diff")
 
     def status(self) -> list[tuple[str, str]]:
         f = self._features

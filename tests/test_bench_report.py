@@ -68,3 +68,11 @@ def test_run_refuses_block_device_without_consent(tmp_path):
     assert proc.returncode == 2
     assert "--yes-destroy-data" in proc.stderr
     assert not (tmp_path / "raw").exists()
+
+
+def test_run_finds_the_checkouts_suites():
+    """The editable install's runner finds bench/ (it moved into a subpackage once and lost it)."""
+    root = bench.repo_root()
+    assert root == Path(__file__).resolve().parents[1]
+    for path in bench.SUITES.values():
+        assert (root / path).is_file(), path

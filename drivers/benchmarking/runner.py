@@ -32,7 +32,7 @@ HOST_DRIVERS = ("vfs", "overlay2", "btrfs")
 
 def repo_root() -> Path:
     """The source checkout holding bench/ (the package is installed editable from it)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "bench" / "conftest.py").exists():
         raise SystemExit("graphdrivers bench: the bench/ suites are not here; run from a source checkout")
     return root

@@ -80,6 +80,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return result if isinstance(result, int) else 0
 
 
+def cmd_snapshotter(args: argparse.Namespace) -> int:
+    try:
+        from graphdrivers.servers.snapshotter import server
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("grpc", "google", "google.protobuf"):
+            raise
+        raise CliError(f"the containerd snapshotter needs grpcio and protobuf ({exc.name} is "
+                       "missing): pip install grpcio protobuf") from None
+    return server.serve(args.driver, args.home, driver_options(args), args.socket)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib.util
     try:
@@ -129,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="plugin name for dockerd --storage-driver "
                                   "(default: graphdrivers-<driver>)")
     p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("snapshotter", parents=[common],
+                            help="serve containerd's snapshots API (a proxy snapshotter) "
+                                 "on a unix socket")
+    p.add_argument("--socket", metavar="PATH",
+                   help="socket to listen on (default: /run/graphdrivers/snapshotter-<driver>.sock)")
+    p.add_argument("--storage-opt", metavar="K=V", action="append", default=argparse.SUPPRESS,
+                   help="driver option, as before the command (repeatable)")
+    p.set_defaults(func=cmd_snapshotter)
 
     p = commands.add_parser("bench", add_help=False, prefix_chars="\0",
                             help="run the benchmark suites and write a report "

@@ -7,18 +7,13 @@ from layer ids, which start with a letter or digit: overlay2 keeps its layers be
     {"add": "<id>", "parent": "<id>"|null, "rw": bool, "x": {...}}  a layer (x: backend fields)
     {"del": "<id>"}                                            that layer was removed
 
-It is a log, as a database's journal: a change is one line appended and fdatasync'ed, so
-a create or remove costs one flush for its record (a whole-file rewrite would cost two).
-When the log holds many more lines than layers, the next change rewrites it whole instead
-(write-temp, fsync, rename, fsync dir). A crash inside an append leaves a torn last line:
-readers ignore it, the next writer cuts it off. Space for appends is reserved ahead
-(fallocate), so a remove still gets its record written on a full disk.
-
-Across processes: a writer holds flock(``<home>/_layers.lock``) only around
+It is a log, as a database's journal (journal.py keeps the file): a change is one line
+appended and fdatasync'ed, so a create or remove costs one flush for its record (a
+whole-file rewrite would cost two); compacted by an atomic rewrite; a torn last line is
+ignored. Across processes: a writer holds flock(``<home>/_layers.lock``) only around
 read-modify-write of the records; the long part of an operation runs under the per-id
 locks (locks.py), outside it. Readers take no lock: one stat per operation tells whether
-another process changed the file (inode, mtime, size); then they read what was appended,
-or the whole file when it was replaced. The parent and children index is in memory.
+another process changed the file. The parent and children index is in memory.
 
 The crash rule, the same for every backend: create = the backend makes the data, then
 the record is committed; remove = the record goes first, then the data. After a crash
@@ -28,23 +23,17 @@ builds it from the backend's own records (``import_records``).
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
-import threading
+import pathlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from graphdrivers.errors import DriverError, LayerExists, LayerInUse, LayerNotFound
-from graphdrivers.kernel.fallocate import reserve
-from graphdrivers.store.atomicfile import remove_stale_temps, write_atomic
+from graphdrivers.errors import LayerExists, LayerInUse, LayerNotFound
+from graphdrivers.store.atomicfile import read_json
+from graphdrivers.store.journal import JournalState
 
 LOG = "_layers.json"
 LOCK = "_layers.lock"
-_VERSION = 1
-_SLACK = 64 << 10          # bytes reserved past the end for appends
-_COMPACT_MIN = 256         # never rewrite a log shorter than this many lines
 
 
 @dataclass(frozen=True)
@@ -61,34 +50,35 @@ class LayerRecord:
         return line
 
 
+def legacy_record(home: pathlib.Path, layer_id: str, fields: Mapping[str, Any] | None = None) -> LayerRecord:
+    """A layer's record as homes kept it before this store: ``meta/<id>.json``, if any."""
+    try:
+        meta = read_json(home / "meta" / f"{layer_id}.json")
+    except (FileNotFoundError, ValueError):
+        meta = {}
+    return LayerRecord(layer_id, meta.get("parent"), bool(meta.get("rw")), fields or {})
+
+
 def _children_text(children: list[str]) -> str:
     return ", ".join(children[:5]) + (", ..." if len(children) > 5 else "")
 
 
-class LayerStore:
+class LayerStore(JournalState):
     """The records of one driver home (see the module docstring)."""
+
+    WHAT = "layer records"
 
     def __init__(self, home: str | os.PathLike,
                  import_records: Callable[[], Iterable[LayerRecord]] = tuple):
-        self.home = os.fspath(home)
-        self._log = os.path.join(self.home, LOG)
-        self._lockfile = os.path.join(self.home, LOCK)
-        self._mutex = threading.RLock()       # flock does not exclude threads of one process
         self._records: dict[str, LayerRecord] = {}
         self._children: dict[str, set[str]] = {}
-        self._seen: tuple[int, int] | None = None   # (inode, bytes parsed)
-        self._lines = 0
-        with self._locked():
-            # nobody writes while we hold the flock: a temp file now is a dead writer's
-            remove_stale_temps(self.home, prefix=f".{LOG}.tmp-")
-            if not os.path.exists(self._log):       # a new home, or one from before the store
-                self._rewrite({r.id: r for r in import_records()})
-            self._refresh()
+        # a new home, or one from before the store: the backend's own records
+        super().__init__(home, LOG, LOCK,
+                         lambda: _import_lines(import_records()))
 
     # -- reading ------------------------------------------------------------
     def get(self, layer_id: str) -> LayerRecord | None:
-        with self._mutex:
-            self._refresh()
+        with self._current():
             return self._records.get(layer_id)
 
     def require(self, layer_id: str, what: str = "layer") -> LayerRecord:
@@ -101,24 +91,20 @@ class LayerStore:
         return self.get(layer_id) is not None
 
     def ids(self) -> list[str]:
-        with self._mutex:
-            self._refresh()
+        with self._current():
             return sorted(self._records)
 
     def records(self) -> list[LayerRecord]:
-        with self._mutex:
-            self._refresh()
+        with self._current():
             return [self._records[i] for i in sorted(self._records)]
 
     def children(self, layer_id: str) -> list[str]:
-        with self._mutex:
-            self._refresh()
+        with self._current():
             return sorted(self._children.get(layer_id, ()))
 
     def lineage(self, layer_id: str) -> list[LayerRecord]:
         """The layer's record, its parent's, and so on up to its base layer (one look)."""
-        with self._mutex:
-            self._refresh()
+        with self._current():
             chain = []
             record = self._records.get(layer_id)
             while record is not None:
@@ -128,8 +114,7 @@ class LayerStore:
 
     def orphans(self, present: Iterable[str]) -> list[str]:
         """Which of ``present`` (ids the backend has data for) have no record."""
-        with self._mutex:
-            self._refresh()
+        with self._current():
             return sorted(set(present) - self._records.keys())
 
     # -- changing -------------------------------------------------------------
@@ -174,63 +159,12 @@ class LayerStore:
             self._commit([{"del": layer_id}])
             return record
 
-    # -- the file ---------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """This process's mutex, then the home's flock (opened per use: a forked child
-        must not share the lock with its parent)."""
-        with self._mutex:
-            fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
-
-    def _refresh(self) -> None:
-        """Catch up with the file, if anyone changed it since we last looked (one stat)."""
-        try:
-            st = os.stat(self._log)
-        except FileNotFoundError:
-            if self._seen is not None:      # nobody deletes it; a restored backup may
-                self._reset()
-            return
-        if self._seen is not None and self._seen[0] == st.st_ino:
-            if st.st_size == self._seen[1]:
-                return
-            if st.st_size > self._seen[1]:
-                self._read(st.st_ino, self._seen[1])
-                return
-        self._reset()
-        self._read(st.st_ino, 0)
-
-    def _reset(self) -> None:
+    # -- the lines (journal.py) -------------------------------------------------
+    def _clear(self) -> None:
         self._records.clear()
         self._children.clear()
-        self._seen = None
-        self._lines = 0
-
-    def _read(self, inode: int, offset: int) -> None:
-        with open(self._log, "rb") as f:
-            if os.fstat(f.fileno()).st_ino != inode:    # replaced between stat and open
-                self._reset()
-                inode, offset = os.fstat(f.fileno()).st_ino, 0
-            f.seek(offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1        # a torn last line is not a record (yet)
-        for number, raw in enumerate(data[:end].splitlines(), 1):
-            if raw.strip():
-                try:
-                    self._apply(json.loads(raw))
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    raise DriverError(
-                        f"the layer records {self._log} are damaged after byte {offset} "
-                        f"(line {number} of the unread part: {exc}); restore the file from a "
-                        "backup or remove the home") from None
-        self._seen = (inode, offset + end)
 
     def _apply(self, line: dict) -> None:
-        self._lines += 1
         if "add" in line:
             record = LayerRecord(line["add"], line.get("parent"), bool(line.get("rw")),
                                  line.get("x") or {})
@@ -247,45 +181,13 @@ class LayerStore:
         if old is not None and old.parent is not None:
             self._children.get(old.parent, set()).discard(layer_id)
 
-    def _commit(self, lines: list[dict]) -> None:
-        """Write ``lines`` (under the flock, after _refresh): appended, or a fresh file."""
-        if self._lines >= _COMPACT_MIN and self._lines > 2 * len(self._records):
-            for line in lines:
-                self._apply(line)
-            try:
-                self._rewrite(dict(self._records))
-            except BaseException:
-                self._reset()           # the next look rereads what the disk has
-                raise
-            return
-        data = b"".join(json.dumps(line, sort_keys=True).encode() + b"\n" for line in lines)
-        fd = os.open(self._log, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            end = self._seen[1] if self._seen else st.st_size
-            if st.st_size != end:           # a writer died inside its append
-                os.ftruncate(fd, end)
-            view = memoryview(data)
-            offset = end
-            while view:
-                n = os.pwrite(fd, view, offset)
-                view, offset = view[n:], offset + n
-            os.fdatasync(fd)
-            if st.st_blocks * 512 < offset + _SLACK // 4:
-                reserve(fd, offset + _SLACK)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, end)       # leave no half line of ours behind
-            raise
-        finally:
-            os.close(fd)
-        for line in lines:
-            self._apply(line)
-        self._seen = (st.st_ino, offset)
+    def _state_lines(self) -> list[dict]:
+        return [self._records[i].line() for i in sorted(self._records)]
 
-    def _rewrite(self, records: dict[str, LayerRecord]) -> None:
-        lines = [{"v": _VERSION}] + [records[i].line() for i in sorted(records)]
-        data = b"".join(json.dumps(line, sort_keys=True).encode() + b"\n" for line in lines)
-        write_atomic(self._log, data, mode=0o600, reserve=len(data) + _SLACK)
-        self._reset()
-        self._read(os.stat(self._log).st_ino, 0)
+    def _count(self) -> int:
+        return len(self._records)
+
+
+def _import_lines(records: Iterable[LayerRecord]) -> list[dict]:
+    by_id = {r.id: r for r in records}
+    return [by_id[i].line() for i in sorted(by_id)]

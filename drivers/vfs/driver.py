@@ -27,14 +27,16 @@ from graphdrivers import faults
 from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
 from graphdrivers.vfs.copy import copy_tree
-from graphdrivers.store.atomicfile import fsync_dir, read_json
-from graphdrivers.driver import Driver
+from graphdrivers.store.atomicfile import fsync_dir
+from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
+from graphdrivers.driver import Driver, os_errors
 from graphdrivers.errors import InvalidOption
-from graphdrivers.layerid import is_valid_id
+from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, parse_options, parse_size
-from graphdrivers.store.layers import LayerRecord
+from graphdrivers.store.layers import LayerRecord, legacy_record
 from graphdrivers.store.refcount import RefCounter
+from graphdrivers.usage import tree_usage
 from graphdrivers.vfs.quota import quota_control
 
 
@@ -45,7 +47,7 @@ faults.register(
     "vfs.create.after_rename",
     "vfs.remove.after_rename")
 
-class VfsDriver(NaiveDiff, Driver):
+class VfsDriver(NaiveDiff, LayerMounts, Driver):
     name = "vfs"
     OPTIONS: Mapping[str, Option] = {}
     LAYER_OPTIONS: Mapping[str, Option] = {
@@ -75,11 +77,7 @@ class VfsDriver(NaiveDiff, Driver):
 
     def _import_records(self) -> Iterable[LayerRecord]:
         for layer_id in self._data_ids():
-            try:
-                meta = read_json(self.home / "meta" / f"{layer_id}.json")
-            except (FileNotFoundError, ValueError):
-                meta = {}
-            yield LayerRecord(layer_id, meta.get("parent"), bool(meta.get("rw")))
+            yield legacy_record(self.home, layer_id)
 
     def _data_ids(self) -> list[str]:
         return [e.name for e in os.scandir(self._dir) if is_valid_id(e.name)]
@@ -154,6 +152,17 @@ class VfsDriver(NaiveDiff, Driver):
 
     def _metadata(self, record: LayerRecord) -> dict[str, Any]:
         return {"Dir": str(self._layer(record.id))}
+
+    # -- LayerMounts (capabilities.py) -------------------------------------------
+    def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        self._record(check_id(id))
+        return [MountSpec("bind", str(self._layer(id)), ("ro" if readonly else "rw", "rbind"))]
+
+    def layer_usage(self, id: str) -> Usage:
+        """A vfs child is a full copy: all of it is the layer's own space."""
+        self._record(check_id(id))
+        with os_errors(f"measure layer {id}"):
+            return tree_usage(self._layer(id))
 
     # -- the rest of the interface ----------------------------------------------
     def status(self) -> list[tuple[str, str]]:

@@ -1,0 +1,146 @@
+"""`graphdrivers snapshotter`: serve containerd's snapshots API on a unix socket.
+
+containerd names the socket in its config (``[proxy_plugins.<name>] type = "snapshot"``,
+``address = <socket>``). One server per driver home: it holds an flock on
+``<driver home>/_snapshotter.lock`` while it runs (a second one is refused with the
+holder's pid), which is what lets it remove, at start, the snapshot layers a killed
+predecessor left without a record. SIGTERM or SIGINT: stop taking calls, let running
+ones finish (a few seconds), remove the socket. Mounts made by containerd are
+containerd's; nothing is unmounted here.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Mapping
+
+import grpc
+
+from graphdrivers import registry
+from graphdrivers.errors import DriverError
+from graphdrivers.servers.snapshotter import snapshots_pb2_grpc
+from graphdrivers.servers.snapshotter.model import Snapshotter
+from graphdrivers.servers.snapshotter.service import SnapshotsService
+
+log = logging.getLogger("graphdrivers.servers.snapshotter")
+
+SOCKET_DIR = Path("/run/graphdrivers")
+LOCK = "_snapshotter.lock"
+WORKERS = 32            # containerd unpacks layers in parallel; calls mostly wait on disk
+
+
+def default_socket(driver_name: str) -> Path:
+    return SOCKET_DIR / f"snapshotter-{driver_name}.sock"
+
+
+class HomeTaken(DriverError):
+    """Another snapshotter serves this driver home."""
+
+
+def _hold_home(home: Path) -> int:
+    fd = os.open(home / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise HomeTaken(f"another snapshotter (pid {holder}) serves {home}; stop it first, "
+                        "or give this one another --home") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """A socket file nobody listens on (a killed server's) is removed; a live one refused."""
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise DriverError(f"{path} is in use by a running server; stop it or choose another "
+                      "--socket")
+
+
+class SnapshotterServer:
+    def __init__(self, driver_name: str | None, home: str | os.PathLike,
+                 options: Mapping[str, str] | None, socket_path: str | os.PathLike | None):
+        self.driver = registry.load(driver_name, home, options)
+        self._home_fd = _hold_home(self.driver.home)
+        try:
+            self.model = Snapshotter(self.driver)
+            removed = self.model.cleanup()
+            if removed:
+                log.info("removed %d snapshot layer(s) an interrupted call left", removed)
+            self.socket_path = Path(socket_path) if socket_path else default_socket(self.driver.name)
+            self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+            _clear_stale_socket(self.socket_path)
+            self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS,
+                                                               thread_name_prefix="snapshots"))
+            snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(self.model),
+                                                               self.grpc)
+            if not self.grpc.add_insecure_port(f"unix:{self.socket_path}"):
+                raise DriverError(f"cannot listen on {self.socket_path}")
+        except BaseException:
+            os.close(self._home_fd)
+            raise
+
+    def start(self) -> None:
+        self.grpc.start()
+        os.chmod(self.socket_path, 0o660)
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.grpc.stop(grace).wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self.driver.release()       # mounts stay; the next server adopts
+        os.close(self._home_fd)
+
+
+def _setup_logging() -> None:
+    debug = os.environ.get("GRAPHDRIVERS_DEBUG", "") not in ("", "0")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("graphdrivers").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def serve(driver_name: str | None, home: str | os.PathLike, options: Mapping[str, str] | None,
+          socket_path: str | os.PathLike | None) -> int:
+    """Serve until SIGTERM or SIGINT."""
+    _setup_logging()
+    server = SnapshotterServer(driver_name, home, options, socket_path)
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: stopping", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    log.info("serving containerd snapshots API for the %s driver (%s) on unix://%s",
+             server.driver.name, server.driver.home, server.socket_path)
+    started = time.monotonic()
+    try:
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        log.info("snapshotter stopped after %.0f s", time.monotonic() - started)
+    return 0
