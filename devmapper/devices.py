@@ -51,7 +51,7 @@ from . import dm, faults, filesystem
 from .config import Config
 from .metadata import DeviceRecord, MetadataStore
 from .pool import Pool, PoolLock, block_path, device_prefix, thin_status
-from .transaction import TransactionLog
+from .transaction import NothingMade, TransactionLog
 
 log = logging.getLogger(__name__)
 
@@ -244,14 +244,15 @@ class ThinDevices:
 
     # -- death ------------------------------------------------------------
     def release(self, record: DeviceRecord) -> None:
-        """Before a layer's record goes: deactivate its device, or LayerInUse (nothing
-        changed) when another process has it open. Its blocks stay until delete(): the
-        removal may still be refused."""
+        """Before a layer's record goes: deactivate its device (with deferred deletion, a
+        deferred removal: the kernel removes it at its last close, and delete() parks the
+        thin device), or LayerInUse, nothing changed, when another process has it open.
+        Its blocks stay until delete(): the removal may still be refused."""
         assert self.pool is not None
         with self.lock:
             name = self.devname(record.layer)
             try:
-                self.pool.deactivate(name, deferred=False)
+                self.pool.deactivate(name, deferred=self.deferred_deletion)
                 self._active.discard(name)
             except OSError as exc:
                 if exc.errno == errno.EBUSY:
@@ -277,6 +278,8 @@ class ThinDevices:
                                          "process; close it and retry") from None
                     raise
             with self.changing_pool():
+                if record.deleted and self.store.parked(record.device_id) is None:
+                    return True     # another process on this home finished it
                 deferred = self._delete_in_pool(record, sync)
                 if not deferred:
                     self.alloc.free(record.device_id)
@@ -442,5 +445,5 @@ class ThinDevices:
                         log.warning("devicemapper: removing pool %s: %s", pool.name, exc)
 
 
-class _IdTaken(Exception):
+class _IdTaken(NothingMade):
     pass

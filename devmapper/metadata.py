@@ -176,6 +176,20 @@ class MetadataStore:
                     records.append(record)
         return records
 
+    def owned_elsewhere(self, device_id: int, layer: str) -> bool:
+        """Whether a record other than ``layer``'s live one holds ``device_id`` (a scan:
+        recovery only)."""
+        base = self.base()
+        if base is not None and base.device_id == device_id and layer != "":
+            return True
+        if any(r.device_id == device_id for r in self.deleted()):
+            return True
+        return any(r.device_id == device_id and r.layer != layer for r in self.layers())
+
+    def parked(self, device_id: int) -> DeviceRecord | None:
+        """The record of a device waiting for deferred deletion, if still there."""
+        return self._read(self.deleted_dir / str(device_id))
+
     def all_device_ids(self) -> set[int]:
         ids = {r.device_id for r in self.layers()} | {r.device_id for r in self.deleted()}
         base = self.base()

@@ -277,3 +277,24 @@ def test_failed_delete_keeps_layer(tmp_path):
             pool.delete_thin(1)
     TransactionLog(store, pool).recover()
     assert store.layer("a") is not None and pool.ids == {1}
+
+
+def test_create_on_another_devices_id_deletes_nothing(tmp_path):
+    """Two processes on one pool: one whose allocator is behind opens a create for an id
+    the other's device has. The message fails (EEXIST); neither the rollback nor a
+    recovery after a crash inside that transaction may delete the other's device."""
+    from graphdrivers.devmapper.transaction import NothingMade
+    pool, store = MessagePool(), MetadataStore(tmp_path / "m")
+    log = TransactionLog(store, pool)
+    _create(store, log, pool, "a", 1)
+    with pytest.raises(NothingMade):
+        with log.open("create", "create", "b", 1):
+            try:
+                pool.create_thin(1)
+            except OSError as exc:
+                assert exc.errno == errno.EEXIST
+                raise NothingMade() from None
+    assert pool.ids == {1} and store.transaction() is None
+    _create(store, log, pool, "b", 1, stop_after="open")      # killed before its message
+    TransactionLog(store, pool).recover()
+    assert pool.ids == {1} and store.layer("a").device_id == 1 and store.transaction() is None
