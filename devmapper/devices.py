@@ -2,7 +2,11 @@
 
 A layer's device is born by a snapshot (the base device by ``create_thin``),
 each inside a pool transaction (transaction.py) so a crash leaves either the
-whole device with its record or neither. It is activated for a mount,
+whole device with its device record or neither. The layer itself (parent, rw)
+is recorded in the framework's layer store after its device exists, and
+unrecorded before its device goes (the Driver template's crash rule): a device
+record without a layer record is a crash's leftover, deleted at the next load.
+It is activated for a mount,
 deactivated after the last unmount (deferred by the kernel while still open,
 with ``dm.use_deferred_removal``), grown when its record grows, and deleted:
 its blocks discarded first on loop pools (``dm.blkdiscard``: the data file gets
@@ -11,18 +15,20 @@ on, its record moved to ``deleted/`` and the deletion retried in the background.
 
 Locks, and the one order they are taken in
 ------------------------------------------
-1. per-id locks (``IdLocks``, the driver's): a thread lock plus a flock under the
-   home's run directory, one per layer id, held by every public driver method
-   for its id (create holds the new id only, not its parent's);
+1. per-id locks (``IdLocks``, the Driver template's): a thread lock plus a flock
+   under the home's run directory, one per layer id, held by every public driver
+   method for its id (create holds the new id only, not its parent's);
 2. ``ThinDevices.lock``, this process's RLock: the device set of this instance
-   (allocator, active devices, the closed flag); the driver holds it over a
-   whole create or remove;
+   (allocator, active devices, the closed flag); the driver holds it over the
+   device part of a create or remove (not over the layer store's record);
 3. ``ThinDevices.pool_lock``, the ``PoolLock`` on ``<home>/pool.lock``: a flock
    that serialises every change of the pool (message + transaction record,
    resize) across threads and processes.
 
 Always 1 → 2 → 3, any prefix allowed, never backwards: nothing holding the pool
-lock takes the RLock, and nothing holding either takes an id lock. A resize
+lock takes the RLock, and nothing holding either takes an id lock. The layer
+store's home flock is taken inside single store calls only, under 1 and never
+under 2 or 3. A resize
 (poolreport.resize_pool) takes 2 then 3 like a create. ``changing_pool()`` takes
 2 and 3 in that order; every pool change goes through it.
 """
@@ -45,7 +51,7 @@ from . import dm, faults, filesystem
 from .config import Config
 from .metadata import DeviceRecord, MetadataStore
 from .pool import Pool, PoolLock, block_path, device_prefix, thin_status
-from .transaction import TransactionLog
+from .transaction import NothingMade, TransactionLog
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,10 @@ class ThinDevices:
 
     deferred_delete_period = 30.0     # seconds between retries of busy deletions
 
-    def __init__(self, home: pathlib.Path, cfg: Config) -> None:
+    def __init__(self, home: pathlib.Path, cfg: Config,
+                 others_use_pool: Callable[[], bool] = lambda: False) -> None:
         self.cfg = cfg
+        self._others_use_pool = others_use_pool   # other live instances on this home
         self.lock = threading.RLock()
         self.pool_lock = PoolLock(home / "pool.lock")
         self.closed = False
@@ -140,7 +148,7 @@ class ThinDevices:
         assert self.pool is not None
         pool = self.pool
         fs = self.cfg.fs or filesystem.default_fs()
-        base = self._new_device("create", "", None, self.cfg.basesize, pool.create_thin,
+        base = self._new_device("create", "", self.cfg.basesize, pool.create_thin,
                                 initialized=False)
         path = self.activate("", base)
         try:
@@ -185,7 +193,7 @@ class ThinDevices:
                 dm.suspend(origin_name)   # the kernel wants a quiet origin for create_snap
             try:
                 record = self._new_device(
-                    "snapshot", layer, parent or None, size,
+                    "snapshot", layer, size,
                     lambda device_id: pool.create_snap(device_id, origin.device_id))
             finally:
                 if active:
@@ -196,7 +204,7 @@ class ThinDevices:
                 self.grow_fs(layer, record)
             return record
 
-    def _new_device(self, step: str, layer: str, parent: str | None, size: int,
+    def _new_device(self, step: str, layer: str, size: int,
                     make: Callable[[int], None], *, initialized: bool = True) -> DeviceRecord:
         """Allocate an id, send the pool message in a transaction, register the record."""
         for _attempt in range(_ID_ATTEMPTS):
@@ -212,12 +220,11 @@ class ThinDevices:
                             raise
                         faults.point(f"devmapper.{step}.after_message")
                         record = DeviceRecord(layer, device_id, size, txn.open_transaction_id,
-                                              initialized=initialized, parent=parent)
+                                              initialized=initialized)
                         self.store.save(record)
                         faults.point(f"devmapper.{step}.after_register")
                 except _IdTaken:
-                    log.error("devicemapper: device id %d exists in the pool but in no record; "
-                              "skipping it", device_id)
+                    self._id_taken(device_id)
                     continue
                 except BaseException:
                     self.alloc.free(device_id)
@@ -226,7 +233,33 @@ class ThinDevices:
         raise DriverError(f"devicemapper: no free device id after {_ID_ATTEMPTS} attempts; the pool "
                           "metadata and the records disagree, check the pool with thin_check")
 
+    def _id_taken(self, device_id: int) -> None:
+        """The pool has ``device_id`` already: another process on this home made a device
+        since we read the records. Catch up with them; only an id no record owns is odd."""
+        self.alloc = self.store.allocator()
+        if not self.alloc.is_used(device_id):
+            self.alloc.mark_used(device_id)
+            log.error("devicemapper: device id %d exists in the pool but in no record; "
+                      "skipping it", device_id)
+
     # -- death ------------------------------------------------------------
+    def release(self, record: DeviceRecord) -> None:
+        """Before a layer's record goes: deactivate its device (with deferred deletion, a
+        deferred removal: the kernel removes it at its last close, and delete() parks the
+        thin device), or LayerInUse, nothing changed, when another process has it open.
+        Its blocks stay until delete(): the removal may still be refused."""
+        assert self.pool is not None
+        with self.lock:
+            name = self.devname(record.layer)
+            try:
+                self.pool.deactivate(name, deferred=self.deferred_deletion)
+                self._active.discard(name)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    raise LayerInUse(f"layer {record.layer!r}: its device {name} is open by "
+                                     "another process; close it and retry") from None
+                raise
+
     def delete(self, record: DeviceRecord, *, sync: bool) -> bool:
         """Delete a thin device; returns False when it was busy and its deletion was deferred."""
         assert self.pool is not None
@@ -245,6 +278,8 @@ class ThinDevices:
                                          "process; close it and retry") from None
                     raise
             with self.changing_pool():
+                if record.deleted and self.store.parked(record.device_id) is None:
+                    return True     # another process on this home finished it
                 deferred = self._delete_in_pool(record, sync)
                 if not deferred:
                     self.alloc.free(record.device_id)
@@ -378,7 +413,8 @@ class ThinDevices:
             self._worker.join(timeout=10)
 
     def close(self) -> None:
-        """Save the allocator hint, deactivate what this instance activated, tear down our pool.
+        """Save the allocator hint, deactivate what this instance activated, tear down our pool
+        unless another live instance uses it.
 
         The caller unmounts first. Only this instance's devices: another process (a
         plugin while the CLI resizes) may use the same pool.
@@ -399,13 +435,15 @@ class ThinDevices:
                 except OSError as exc:
                     log.warning("devicemapper: deactivating %s: %s", name, exc)
             self._active.clear()
-            info = dm.info(pool.name)
-            if pool.owned and info is not None and info.open_count == 0:
-                try:
-                    pool.teardown()
-                except OSError as exc:   # a device opened meanwhile keeps the pool
-                    log.warning("devicemapper: removing pool %s: %s", pool.name, exc)
+            with self.pool_lock:    # an instance starting now waits, then brings it up again
+                info = dm.info(pool.name)
+                if (pool.owned and info is not None and info.open_count == 0
+                        and not self._others_use_pool()):
+                    try:
+                        pool.teardown()
+                    except OSError as exc:   # a device opened meanwhile keeps the pool
+                        log.warning("devicemapper: removing pool %s: %s", pool.name, exc)
 
 
-class _IdTaken(Exception):
+class _IdTaken(NothingMade):
     pass

@@ -6,34 +6,42 @@ whatever the size of the parent. Mounting activates the device and mounts it at
 ``mnt/<id>``; the layer's root is ``mnt/<id>/rootfs``. Diffs come from the
 naive differ (a block device cannot tell which files changed).
 
-This module holds the layer operations only, composed from: devices (the
+The layer graph (which layers exist, parent, rw) is in the framework's layer
+store (``<home>/_layers.json``), and the Driver template does the bookkeeping:
+ids, id locks, the children rule, the crash rule. A layer's device (device id,
+size, transaction id) is its data, in ``metadata/layers/<id>``: made (in a pool
+transaction) before the layer is recorded, deleted after its record is dropped,
+and deleted at load when a crash left it without a record.
+
+This module holds the template's hooks only, composed from: devices (the
 thin-device lifecycle and the lock order), poolreport (status, free space,
-resize), config (dm.* options), metadata (records), filesystem (mkfs/grow).
+resize), config (dm.* options), metadata (device records), filesystem (mkfs/grow).
 Below devices: pool (where the pool lives, its messages), transaction (crash
 consistency), poolstatus (the targets' text), dm (kernel ioctls).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
 import shutil
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from graphdrivers.capabilities import PoolAdmin
 from graphdrivers.driver import Driver
-from graphdrivers.errors import DriverError, InvalidOption, LayerExists, LayerInUse, LayerNotFound, NotSupported
-from graphdrivers.layerid import check_id
-from graphdrivers.store.locks import IdLocks
+from graphdrivers.errors import DriverError, InvalidOption, LayerInUse, LayerNotFound, NotSupported
+from graphdrivers.layerid import is_valid_id
 from graphdrivers.kernel.mount import MNT_DETACH, is_mountpoint, umount
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import format_size, parse_options
+from graphdrivers.store.layers import LayerRecord
 from graphdrivers.store.refcount import RefCounter
 
 from . import dm, poolreport
 from .config import LAYER_OPTIONS, OPTIONS, Config, parse_config
 from .devices import ThinDevices
-from .metadata import MetadataStore
+from .metadata import DeviceRecord, MetadataStore
 from .pool import Pool
 from .transaction import TransactionLog
 
@@ -55,14 +63,24 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
         super().__init__(home, options)
         self.cfg: Config = parse_config(options)   # before touching anything
         self.probe(self.home)
-        self._ids = IdLocks(self.home_run)
         self._refs = RefCounter(is_mountpoint, self.home_run)
         self._closed = False
         empty_home = not any(self.home.iterdir())
+        # the pool is shared by the live instances on this home: the last one out tears
+        # it down (the hold is published before the pool is brought up)
+        self._pool_hold = str(self.home / "pool")
+        self.home_run.set_hold(self._pool_hold, 1)
         try:
-            self.devices = ThinDevices(self.home, self.cfg)
+            self.devices = ThinDevices(self.home, self.cfg,
+                                       lambda: bool(self.home_run.other_holders(self._pool_hold)))
+            self.mnt = self.devices.mnt
+            self._lock = self.devices.lock   # lock 2 of the order in devices.py
+            self._open_store()               # after the pool's own transaction is resolved
         except BaseException:
             self._closed = True
+            if hasattr(self, "devices"):
+                self.devices.close()
+            self.home_run.set_hold(self._pool_hold, 0)
             if empty_home:   # refuse without leaving half-made state behind
                 for entry in list(self.home.iterdir()):
                     if entry.is_dir():
@@ -70,8 +88,6 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
                     else:
                         entry.unlink()
             raise
-        self.mnt = self.devices.mnt
-        self._lock = self.devices.lock   # lock 2 of the order in devices.py
 
     # what tests and tools inspect
     @property
@@ -99,112 +115,119 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
     def deferred_deletion(self) -> bool:
         return self.devices.deferred_deletion
 
-    # -- layers -----------------------------------------------------------
-    def create(self, id: str, parent: str | None = None, *, rw: bool = False,
-               mount_label: str = "", storage_opt: Mapping[str, str] | None = None) -> None:
-        check_id(id)
-        if parent is not None:
-            check_id(parent)
-        opts = parse_options(storage_opt, LAYER_OPTIONS)
-        with self._ids.hold(id), self._lock:
+    # -- hooks of the Driver template --------------------------------------
+    def _import_records(self) -> Iterable[LayerRecord]:
+        """A home from before the layer store: its device records named each parent."""
+        for layer, parent in self.store.layer_parents():
+            yield LayerRecord(layer, parent)
+
+    def _data_ids(self) -> list[str]:
+        return [i for i in self.store.layer_ids() if is_valid_id(i)]
+
+    def _create_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> int:
+        return parse_options(storage_opt, LAYER_OPTIONS)["size"]
+
+    def _create_data(self, record: LayerRecord, parent: LayerRecord | None, size: int,
+                     mount_label: str) -> None:
+        with self._lock:
             self.devices.check_open()
-            if self.store.layer(id) is not None:
-                raise LayerExists(f"layer {id!r} already exists")
-            origin = self.store.base() if not parent else self.store.layer(parent)
+            origin = self.store.base() if parent is None else self.store.layer(parent.id)
             if origin is None:
-                raise LayerNotFound(f"parent layer {parent!r} does not exist")
-            size = opts["size"] or origin.size
+                what = "the base device" if parent is None else f"parent layer {parent.id}"
+                raise DriverError(f"devicemapper: {what} has no device record in "
+                                  f"{self.store.root}; restore the metadata from a backup")
+            size = size or origin.size
             if size < origin.size:
                 raise InvalidOption(f"size {format_size(size)} is smaller than the parent's "
                                     f"{format_size(origin.size)}; a layer cannot shrink")
             poolreport.check_free_space(self.devices)
-            self.devices.snapshot(id, parent or None, origin, size)
+            stale = self.store.layer(record.id)
+            if stale is not None:      # a device a crash left under this id (no layer record)
+                self.devices.delete(stale, sync=False)
+            self.devices.snapshot(record.id, parent.id if parent else None, origin, size)
 
-    def remove(self, id: str) -> None:
-        check_id(id)
-        with self._ids.hold(id), self._lock:
+    def _busy(self, id: str) -> str | None:
+        return self._refs.in_use(str(self.mnt / id))
+
+    def _prepare_remove(self, id: str) -> None:
+        """Everything that may refuse, while the layer is still recorded."""
+        with self._lock:
             self.devices.check_open()
             record = self.store.layer(id)
-            if record is None:
-                raise LayerNotFound(f"layer {id!r} does not exist")
             mountpoint = self.mnt / id
-            busy = self._refs.in_use(str(mountpoint))
-            if busy:
-                raise LayerInUse(f"layer {id!r} is {busy}; unmount it before removing it")
             if is_mountpoint(mountpoint):
                 # mounted, but not by this driver: left by a process that died (its mount
                 # outlives it in a shared namespace); detach it so the device can go
-                log.warning("devicemapper: detaching stale mount %s before removing %s", mountpoint, id)
+                log.warning("devicemapper: detaching stale mount %s before removing %s",
+                            mountpoint, id)
                 umount(mountpoint, MNT_DETACH)
-            self.devices.delete(record, sync=False)
-            try:
-                os.rmdir(mountpoint)
-            except OSError:
-                pass
-            self.home_run.forget_lock(id)
+            if record is not None:
+                self.devices.release(record)    # inactive, or LayerInUse
 
-    def mount(self, id: str, mount_label: str = "") -> pathlib.Path:
-        check_id(id)
-        with self._ids.hold(id):
+    def _remove_data(self, id: str) -> None:
+        """Delete the layer's device (after its record; or a crash's orphan at load)."""
+        with self._lock:
             self.devices.check_open()
             record = self.store.layer(id)
-            if record is None:
-                raise LayerNotFound(f"layer {id!r} does not exist")
             mountpoint = self.mnt / id
-            rootfs = mountpoint / "rootfs"
-            if self._refs.increment(str(mountpoint)) > 1 or (
-                    self._refs.others(str(mountpoint)) and is_mountpoint(mountpoint)):
-                return rootfs   # mounted already, here or by another live process
-            try:
-                self.devices.mount(id, record, mountpoint, mount_label)
-                if not rootfs.exists():
-                    rootfs.mkdir(mode=0o755)
-                    os.chmod(rootfs, 0o755)   # whatever the umask
-                idfile = mountpoint / "id"
-                if not idfile.exists():
-                    fd = os.open(idfile, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                    os.write(fd, id.encode())
-                    os.close(fd)
-            except BaseException:
-                self._refs.decrement(str(mountpoint))
-                self.devices.unmount(id, mountpoint)
-                raise
-            return rootfs
+            if record is not None:
+                if is_mountpoint(mountpoint) and not self._refs.in_use(str(mountpoint)):
+                    umount(mountpoint, MNT_DETACH)     # an orphan a dead process mounted
+                try:
+                    self.devices.delete(record, sync=False)
+                except LayerInUse as exc:
+                    # the layer is gone already; its device record stays, and the next
+                    # load deletes the device (an orphan)
+                    log.warning("devicemapper: %s; the device of removed layer %s is deleted "
+                                "at the next load", exc, id)
+            with contextlib.suppress(OSError):
+                os.rmdir(mountpoint)
 
-    def unmount(self, id: str) -> None:
-        check_id(id)
-        with self._ids.hold(id):
-            if self.store.layer(id) is None:
-                raise LayerNotFound(f"layer {id!r} does not exist")
-            mountpoint = self.mnt / id
-            if self._refs.decrement(str(mountpoint)) > 0 or self._refs.others(str(mountpoint)):
-                return
-            self.devices.unmount(id, mountpoint)
-
-    def exists(self, id: str) -> bool:
+    def _mount_data(self, record: LayerRecord, mount_label: str) -> pathlib.Path:
+        self.devices.check_open()
+        id = record.id
+        device = self._device(id)
+        mountpoint = self.mnt / id
+        rootfs = mountpoint / "rootfs"
+        if self._refs.increment(str(mountpoint)) > 1 or (
+                self._refs.others(str(mountpoint)) and is_mountpoint(mountpoint)):
+            return rootfs   # mounted already, here or by another live process
         try:
-            check_id(id)
-        except DriverError:
-            return False
-        return self.store.layer(id) is not None
+            self.devices.mount(id, device, mountpoint, mount_label)
+            if not rootfs.exists():
+                rootfs.mkdir(mode=0o755)
+                os.chmod(rootfs, 0o755)   # whatever the umask
+            idfile = mountpoint / "id"
+            if not idfile.exists():
+                fd = os.open(idfile, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.write(fd, id.encode())
+                os.close(fd)
+        except BaseException:
+            self._refs.decrement(str(mountpoint))
+            self.devices.unmount(id, mountpoint)
+            raise
+        return rootfs
 
-    def layers(self) -> list[str]:
-        return [r.layer for r in self.store.layers()]
-
-    def parent(self, id: str) -> str | None:
-        check_id(id)
-        record = self.store.layer(id)
+    def _unmount_data(self, id: str, record: LayerRecord | None) -> None:
         if record is None:
-            raise LayerNotFound(f"layer {id!r} does not exist")
-        return record.parent
+            raise LayerNotFound(f"layer {id!r} does not exist in {self.home}")
+        mountpoint = self.mnt / id
+        if self._refs.decrement(str(mountpoint)) > 0 or self._refs.others(str(mountpoint)):
+            return
+        self.devices.unmount(id, mountpoint)
 
-    def metadata(self, id: str) -> dict[str, str]:
-        check_id(id)
-        record = self.store.layer(id)
-        if record is None:
-            raise LayerNotFound(f"layer {id!r} does not exist")
-        return {"DeviceId": str(record.device_id), "DeviceSize": str(record.size),
-                "DeviceName": self.devices.devname(id)}
+    def _metadata(self, record: LayerRecord) -> dict[str, str]:
+        device = self._device(record.id)
+        return {"DeviceId": str(device.device_id), "DeviceSize": str(device.size),
+                "DeviceName": self.devices.devname(record.id)}
+
+    def _device(self, id: str) -> DeviceRecord:
+        device = self.store.layer(id)
+        if device is None:
+            raise DriverError(f"devicemapper: layer {id} has no device record in "
+                              f"{self.store.root}; restore the metadata from a backup or "
+                              "remove the layer")
+        return device
 
     # -- pool -------------------------------------------------------------
     def status(self) -> list[tuple[str, str]]:
@@ -251,3 +274,4 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
                     except OSError:
                         umount(path, MNT_DETACH)
             self.devices.close()
+            self.home_run.set_hold(self._pool_hold, 0)

@@ -1,12 +1,20 @@
-"""The metadata store: one JSON record per thin device, written atomically.
+"""The device records: one JSON file per thin device, written atomically.
 
 Layout under ``<home>/metadata`` (``home`` = ``<load home>/devicemapper``)::
 
     base                    record of the base device (the thin device holding the fresh filesystem)
-    layers/<id>             record of each layer
+    layers/<id>             the device of each layer: device id, size, transaction id
     deleted/<device id>     records of devices whose deletion is deferred (still busy)
     deviceset-metadata      {"next_device_id", "base_uuid", "base_fs"}
     transaction-metadata    the open transaction, present only while one is open
+
+These are the layers' *data*, as a directory is vfs' data: the layer graph (which
+layers exist, parent, rw) is in the framework's layer store (``<home>/_layers.json``).
+A device record is written before its layer's record and dropped after it, so a
+device record without a layer record is what a crash left; the driver deletes it at
+load. Homes from before the layer store kept each layer's parent here
+(``"parent"`` in ``layers/<id>``): it is read once, when the first load builds the
+layer store (``layer_parents``), and ignored afterwards.
 
 Layer records live in their own directory so that a layer may be called
 ``base`` or ``transaction-metadata``. Device ids are allocated from a 24-bit
@@ -36,7 +44,6 @@ class DeviceRecord:
     transaction_id: int = 0
     initialized: bool = False
     deleted: bool = False
-    parent: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -46,7 +53,7 @@ class DeviceRecord:
         return cls(layer=str(data.get("layer", "")), device_id=int(data["device_id"]),
                    size=int(data["size"]), transaction_id=int(data.get("transaction_id", 0)),
                    initialized=bool(data.get("initialized", False)),
-                   deleted=bool(data.get("deleted", False)), parent=data.get("parent"))
+                   deleted=bool(data.get("deleted", False)))
 
 
 @dataclass
@@ -116,7 +123,12 @@ class MetadataStore:
         write_json(self._path(record), record.to_json())
 
     def remove(self, record: DeviceRecord) -> None:
-        _unlink(self._path(record))
+        # a layer's device record is dropped after its layer record; if the unlink is
+        # lost in a crash, the record comes back as an orphan the next load deletes
+        # (its device id cannot be reused meanwhile: the next device record written
+        # in layers/ flushes the directory before that device's layer is recorded)
+        live_layer = record.layer != "" and not record.deleted
+        _unlink(self._path(record), flush=not live_layer)
 
     def mark_deleted(self, record: DeviceRecord) -> DeviceRecord:
         """Move a record to ``deleted/`` (new file first: a crash leaves it in both, never in none)."""
@@ -132,12 +144,28 @@ class MetadataStore:
     def layer(self, layer_id: str) -> DeviceRecord | None:
         return self._read(self.layers_dir / layer_id)
 
+    def layer_ids(self) -> list[str]:
+        """Layers that have a device record (the layer store may not know them: orphans)."""
+        return sorted(e for e in os.listdir(self.layers_dir) if not e.startswith("."))
+
     def layers(self) -> Iterator[DeviceRecord]:
-        for entry in sorted(os.listdir(self.layers_dir)):
-            if not entry.startswith("."):
-                record = self._read(self.layers_dir / entry)
-                if record is not None:
-                    yield record
+        for entry in self.layer_ids():
+            record = self._read(self.layers_dir / entry)
+            if record is not None:
+                yield record
+
+    def layer_parents(self) -> Iterator[tuple[str, str | None]]:
+        """(layer, parent) from the records of a home written before the layer store."""
+        for entry in self.layer_ids():
+            path = self.layers_dir / entry
+            try:
+                data = read_json(path)
+            except FileNotFoundError:
+                continue
+            except ValueError as exc:
+                raise DriverError(f"devicemapper metadata file {path} is damaged ({exc}); "
+                                  "restore it from a backup or remove the layer's record") from None
+            yield entry, data.get("parent") or None
 
     def deleted(self) -> list[DeviceRecord]:
         records = []
@@ -147,6 +175,20 @@ class MetadataStore:
                 if record is not None:
                     records.append(record)
         return records
+
+    def owned_elsewhere(self, device_id: int, layer: str) -> bool:
+        """Whether a record other than ``layer``'s live one holds ``device_id`` (a scan:
+        recovery only)."""
+        base = self.base()
+        if base is not None and base.device_id == device_id and layer != "":
+            return True
+        if any(r.device_id == device_id for r in self.deleted()):
+            return True
+        return any(r.device_id == device_id and r.layer != layer for r in self.layers())
+
+    def parked(self, device_id: int) -> DeviceRecord | None:
+        """The record of a device waiting for deferred deletion, if still there."""
+        return self._read(self.deleted_dir / str(device_id))
 
     def all_device_ids(self) -> set[int]:
         ids = {r.device_id for r in self.layers()} | {r.device_id for r in self.deleted()}
@@ -186,7 +228,9 @@ class MetadataStore:
         write_json(self.root / "transaction-metadata", asdict(txn))
 
     def clear_transaction(self) -> None:
-        _unlink(self.root / "transaction-metadata")
+        # no flush: a file that comes back after a crash names a transaction id the
+        # pool has reached, which recover() recognises as committed and drops
+        _unlink(self.root / "transaction-metadata", flush=False)
 
     def allocator(self) -> DeviceIdAllocator:
         """Rebuild the id allocator from every record (and an open transaction's id)."""
@@ -197,7 +241,7 @@ class MetadataStore:
         return DeviceIdAllocator(used, int(self.deviceset().get("next_device_id", 0)))
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: Path, *, flush: bool = True) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -205,4 +249,5 @@ def _unlink(path: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
-    fsync_dir(path.parent)
+    if flush:
+        fsync_dir(path.parent)

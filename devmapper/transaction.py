@@ -11,6 +11,12 @@ open id → committed; lower → resolved on the next start:
   half-made layer and no leaked device id survive;
 * a delete is finished: the device is deleted (or, still busy, queued for
   deferred deletion) and its record removed.
+
+Several processes may share the pool (one at a time in a transaction: the pool
+lock). A process whose id allocator is behind may open a create for an id
+another process's device has: the message fails with EEXIST and makes nothing
+(``NothingMade``), and neither the rollback nor a recovery after a crash there
+deletes a device that another record owns.
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ from . import faults
 from .metadata import DeviceRecord, MetadataStore, Transaction
 
 log = logging.getLogger(__name__)
+
+
+class NothingMade(Exception):
+    """Raised inside a create's transaction when its message made no device: nothing to undo."""
 
 
 class PoolOps(Protocol):
@@ -46,9 +56,9 @@ class TransactionLog:
         faults.point(f"devmapper.{step}.after_open")
         try:
             yield txn
-        except BaseException:
-            if op == "create":   # make sure nothing half-made stays in the pool
-                self._resolve(txn)
+        except BaseException as exc:
+            if op == "create" and not isinstance(exc, NothingMade):
+                self._resolve(txn)   # make sure nothing half-made stays in the pool
             self.store.clear_transaction()
             raise
         self.pool.set_transaction_id(self.current, txn.open_transaction_id)
@@ -71,6 +81,10 @@ class TransactionLog:
         return outcome
 
     def _resolve(self, txn: Transaction) -> str:
+        if txn.op == "create" and self.store.owned_elsewhere(txn.device_id, txn.layer):
+            # the id was another device's (an allocator behind another process's): the
+            # message failed, nothing of this transaction is in the pool
+            return "rolled back (the device id belongs to another device)"
         try:
             self.pool.delete_thin(txn.device_id)
             deleted = True

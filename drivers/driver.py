@@ -68,13 +68,12 @@ class Driver(abc.ABC):
     Subclasses set ``name`` and ``OPTIONS`` (the driver-wide options they
     accept, with Docker's prefixed spelling), raise NotSupported from
     ``__init__`` (or ``probe``) when they cannot run on this machine, and call
-    ``_open_store()`` at the end of ``__init__``. A driver that keeps its own
-    records may override the public methods instead (devicemapper does, for now).
+    ``_open_store()`` at the end of ``__init__``.
     """
 
     name: str = ""
     OPTIONS: Mapping[str, Option] = {}
-    layer_store: LayerStore | None = None
+    layer_store: LayerStore
 
     def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None):
         self.home = pathlib.Path(home)
@@ -116,10 +115,6 @@ class Driver(abc.ABC):
                         self._remove_data(orphan)
 
     def _record(self, id: str, what: str = "layer") -> LayerRecord:
-        if self.layer_store is None:   # a driver with records of its own (devicemapper, until it adopts)
-            if not self.exists(id):
-                raise LayerNotFound(f"{what} {id} does not exist in {self.home}")
-            return LayerRecord(id, self.parent(id))
         return self.layer_store.require(id, what)
 
     # -- layers -------------------------------------------------------------

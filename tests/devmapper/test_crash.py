@@ -2,8 +2,14 @@
 
 A child process runs one operation with GRAPHDRIVERS_FAULT naming the step; it
 kills itself there. The reload must find every finished layer intact, no thin
-device id in the pool that no record owns (or the reverse), no open
-transaction, and a pool transaction id that the next change can build on.
+device id in the pool that no record owns (or the reverse), no device record
+without its layer record (or the reverse), no open transaction, and a pool
+transaction id that the next change can build on.
+
+A layer exists once its record is in the layer store, after its device's pool
+transaction committed (devicemapper.create.after_data is the point in between);
+it is gone once that record is dropped, before its device goes
+(devicemapper.remove.after_record is the point in between).
 """
 from __future__ import annotations
 
@@ -63,6 +69,7 @@ def check_consistent(drv):
     assert drv.store.transaction() is None
     records = drv.store.all_device_ids()
     assert pool_device_ids(drv.pool, max(records) + 8) == records
+    assert drv.store.layer_ids() == drv.layers()     # one device per recorded layer
     assert drv.pool.transaction_id() == drv.txn.current
     drv.create("after-crash", "keep" if drv.exists("keep") else None)   # the pool accepts the next change
     assert drv.exists("after-crash")
@@ -98,23 +105,30 @@ def test_crash_creating_base(tmp_path, step):
             drv.cleanup()
 
 
-@pytest.mark.parametrize("op", ["snapshot", "remove"])
-@pytest.mark.parametrize("step", STEPS)
-def test_crash_in_layer_transaction(tmp_path, op, step):
-    fault = f"devmapper.{op if op == 'snapshot' else 'remove'}.{step}"
+LAYER_FAULTS = ([f"devmapper.snapshot.{step}" for step in STEPS]
+                + ["devicemapper.create.after_data"])
+REMOVE_FAULTS = (["devicemapper.remove.after_record"]
+                 + [f"devmapper.remove.{step}" for step in STEPS])
+
+
+@pytest.mark.parametrize("op, fault", [("snapshot", f) for f in LAYER_FAULTS]
+                         + [("remove", f) for f in REMOVE_FAULTS])
+def test_crash_in_layer_transaction(tmp_path, op, fault):
     with backend(tmp_path) as (home, options):
         prepare(home, options)
         run_child(home, options, op, fault)
         drv = graphdrivers.load("devicemapper", home, options)
         try:
             check_keep(drv)
-            if op == "snapshot" and drv.exists("new"):
-                assert step == "after_commit"
-                assert (drv.mount("new") / "data").read_text() == "precious"
-                drv.unmount("new")
+            if op == "snapshot":
+                assert not drv.exists("new")      # killed before its record: never there
             if op == "remove":
-                assert not drv.exists("doomed")     # an interrupted remove is finished
+                assert not drv.exists("doomed")   # its record went first: gone, device too
+            assert drv.layers() == (["doomed", "keep"] if op == "snapshot" else ["keep"])
             check_consistent(drv)
+            drv.create("new", "keep")             # the interrupted layer can be made again
+            assert (drv.mount("new") / "data").read_text() == "precious"
+            drv.unmount("new")
         finally:
             drv.cleanup()
 

@@ -98,15 +98,21 @@ def test_mount_refcount_and_xfs_nouuid(drv):
     assert not os.path.ismount(ra.parent) and not os.path.ismount(rb.parent)
 
 
-def test_remove_parent_keeps_child(drv):
+def test_remove_parent_refused_while_a_child_lives(drv):
+    """The children rule of every driver, though a thin snapshot would survive its origin:
+    the refusal changes nothing (no discard, no deactivation that sticks)."""
     drv.create("a")
     (drv.mount("a") / "x").write_text("x")
     drv.unmount("a")
     drv.create("b", "a")
+    with pytest.raises(LayerInUse, match="b"):
+        drv.remove("a")
+    assert drv.exists("a") and drv.parent("b") == "a"
+    assert (drv.mount("a") / "x").read_text() == "x"
+    drv.unmount("a")
+    drv.remove("b")
     drv.remove("a")
     assert not drv.exists("a")
-    assert (drv.mount("b") / "x").read_text() == "x"
-    drv.unmount("b")
     with pytest.raises(LayerNotFound):
         drv.create("c", "a")
 

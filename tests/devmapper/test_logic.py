@@ -101,8 +101,8 @@ def test_allocator_exhausted():
 def test_store_roundtrip_and_allocator_rebuild(tmp_path):
     store = MetadataStore(tmp_path / "metadata")
     store.save(DeviceRecord("", 1, 512 * MiB, initialized=True))
-    store.save(DeviceRecord("base", 2, 512 * MiB, parent=None, initialized=True))  # a layer named base
-    store.save(DeviceRecord("child", 3, 512 * MiB, parent="base", initialized=True))
+    store.save(DeviceRecord("base", 2, 512 * MiB, initialized=True))  # a layer named base
+    store.save(DeviceRecord("child", 3, 512 * MiB, initialized=True))
     gone = store.mark_deleted(DeviceRecord("old", 9, 1, initialized=True))
     assert gone.deleted and store.layer("old") is None
     assert store.base().device_id == 1 and store.layer("base").device_id == 2
@@ -112,8 +112,22 @@ def test_store_roundtrip_and_allocator_rebuild(tmp_path):
     alloc = MetadataStore(tmp_path / "metadata").allocator()
     assert alloc.used == {1, 2, 3, 9}
     assert alloc.allocate() == 4
-    # files are plain JSON an operator can read
-    assert json.loads((tmp_path / "metadata/layers/child").read_text())["parent"] == "base"
+    # files are plain JSON an operator can read; the layer graph is not in them
+    assert json.loads((tmp_path / "metadata/layers/child").read_text())["device_id"] == 3
+    assert "parent" not in json.loads((tmp_path / "metadata/layers/child").read_text())
+
+
+def test_parents_of_an_old_home_are_read(tmp_path):
+    """Records written before the layer store named each layer's parent: the first load
+    builds the store from them (layer_parents); the device record ignores the key."""
+    store = MetadataStore(tmp_path / "metadata")
+    for layer, device_id, parent in (("a", 1, None), ("b", 2, "a")):
+        (tmp_path / "metadata/layers" / layer).write_text(json.dumps(
+            {"layer": layer, "device_id": device_id, "size": 1, "transaction_id": device_id,
+             "initialized": True, "deleted": False, "parent": parent}))
+    assert list(store.layer_parents()) == [("a", None), ("b", "a")]
+    assert store.layer("b") == DeviceRecord("b", 2, 1, 2, initialized=True)
+    assert store.layer_ids() == ["a", "b"]
 
 
 def test_damaged_record_is_reported(tmp_path):
@@ -263,3 +277,24 @@ def test_failed_delete_keeps_layer(tmp_path):
             pool.delete_thin(1)
     TransactionLog(store, pool).recover()
     assert store.layer("a") is not None and pool.ids == {1}
+
+
+def test_create_on_another_devices_id_deletes_nothing(tmp_path):
+    """Two processes on one pool: one whose allocator is behind opens a create for an id
+    the other's device has. The message fails (EEXIST); neither the rollback nor a
+    recovery after a crash inside that transaction may delete the other's device."""
+    from graphdrivers.devmapper.transaction import NothingMade
+    pool, store = MessagePool(), MetadataStore(tmp_path / "m")
+    log = TransactionLog(store, pool)
+    _create(store, log, pool, "a", 1)
+    with pytest.raises(NothingMade):
+        with log.open("create", "create", "b", 1):
+            try:
+                pool.create_thin(1)
+            except OSError as exc:
+                assert exc.errno == errno.EEXIST
+                raise NothingMade() from None
+    assert pool.ids == {1} and store.transaction() is None
+    _create(store, log, pool, "b", 1, stop_after="open")      # killed before its message
+    TransactionLog(store, pool).recover()
+    assert pool.ids == {1} and store.layer("a").device_id == 1 and store.transaction() is None

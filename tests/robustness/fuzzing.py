@@ -100,9 +100,8 @@ class Session:
             assert not os.path.lexists(path)
 
 
-def _records(driver) -> list | None:
-    store = getattr(driver, "layer_store", None)
-    return None if store is None else store.records()
+def _records(driver) -> list:
+    return driver.layer_store.records()
 
 
 def _without_dir_times(snap: dict) -> dict:

@@ -77,15 +77,16 @@ def test_threads_long(driver, home_and_options):
     _threads(driver, home_and_options[0], N_SLOW)
 
 
-def _single_process_only(driver_name: str) -> None:
-    if driver_name == "devicemapper":
-        pytest.skip("devicemapper: one process per pool (its metadata and transaction record "
-                    "are the process's own)")
-
-
 def _processes(driver_name, driver, home, options, n: int, tmp_path) -> None:
     import base64
-    _single_process_only(driver_name)
+    if driver_name == "devicemapper":
+        # seen once in two VM runs (so no strict xfail): a worker's mount of a shared
+        # parent failed with EBUSY from mount(2) (xfs on the parent's thin device) right
+        # after another process had unmounted it; the mount/unmount/cleanup paths across
+        # processes need a look (a detached superblock still going, or cleanup() unmounting
+        # outside the id lock). The two-instance and two-process tests below run.
+        pytest.skip("devicemapper: a cross-process mount race (EBUSY from mount(2)) not "
+                    "yet found; see the comment")
     workload.make_parents(driver)
     sync = tmp_path / "sync"
     sync.mkdir()
@@ -152,7 +153,6 @@ def test_processes_long(driver_name, driver, home_and_options, tmp_path):
 # -- two driver objects on one home stand for two processes ------------------------
 
 def test_cleanup_spares_another_holder_layer(driver_name, driver, home_and_options):
-    _single_process_only(driver_name)
     home, options = home_and_options
     workload.make_parents(driver)
     other = graphdrivers.load(driver_name, home, options)
@@ -168,7 +168,6 @@ def test_cleanup_spares_another_holder_layer(driver_name, driver, home_and_optio
 
 def test_remove_refused_while_another_instance_holds_the_mount(driver_name, driver,
                                                                home_and_options):
-    _single_process_only(driver_name)
     home, options = home_and_options
     driver.create("busy", rw=True)
     driver.mount("busy")
@@ -189,7 +188,6 @@ def test_remove_refused_while_another_instance_holds_the_mount(driver_name, driv
 def test_children_made_or_removed_by_another_instance(driver_name, driver, home_and_options):
     """The children rule holds across processes: a child made by another instance pins
     its parent here, and one removed there no longer does."""
-    _single_process_only(driver_name)
     home, options = home_and_options
     driver.create("parent")
     driver.create("known", "parent")
@@ -222,7 +220,6 @@ time.sleep(600)
 def test_remove_refused_while_another_process_holds_the_mount(driver_name, driver,
                                                               home_and_options):
     """A live process's mount pins the layer; once it is killed, its hold is reclaimed."""
-    _single_process_only(driver_name)
     home, options = home_and_options
     driver.create("busy", rw=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home), json.dumps(options),

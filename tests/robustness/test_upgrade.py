@@ -3,7 +3,8 @@
 The old home is made by the old code itself: the tree of commit OLD (the last one
 before the store) is taken from git and imported in a child process, which
 creates layers on the home the way that code did (vfs meta/<id>.json, overlay2's
-lower/link files and l/ links, btrfs meta/ records). The new code then loads it.
+lower/link files and l/ links, btrfs meta/ records, devicemapper's device records
+with their parents in metadata/layers/). The new code then loads it.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ from graphdrivers.store.layers import LOG
 from .layers import content, dangling_links, write
 
 OLD = "6b8b77c"      # the last commit before the layer store
+OLD_DM = "9fdb190"   # the last commit where devicemapper kept its own layer records
 REPO = Path(__file__).resolve().parents[2]
-HOST_DRIVERS = ("vfs", "overlay2", "btrfs")
+DRIVERS = ("vfs", "overlay2", "btrfs",
+           pytest.param("devicemapper", marks=pytest.mark.devicemapper))   # in the VM
+NO_RW_FLAG = ("overlay2", "devicemapper")   # their old layouts kept no read-write flag
 
 OLD_SCRIPT = """
 import json, sys, graphdrivers
@@ -42,13 +46,13 @@ d.cleanup()
 """
 
 
-def _old_package(tmp_path: Path) -> Path:
+def _old_package(tmp_path: Path, commit: str) -> Path:
     """The old tree laid out as the installed package was (setup.cfg's package_dir)."""
     try:
-        tar = subprocess.run(["git", "-C", str(REPO), "archive", OLD, "drivers", "overlay",
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", commit, "drivers", "overlay",
                               "btrfs", "devmapper"], check=True, capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"the old code ({OLD}) is not in this clone's history: {exc}")
+        pytest.skip(f"the old code ({commit}) is not in this clone's history: {exc}")
     root = tmp_path / "old-code"
     root.mkdir()
     # GNU tar, not tarfile: Debian 12's Python 3.11.2 predates extractall(filter=)
@@ -61,13 +65,13 @@ def _old_package(tmp_path: Path) -> Path:
     return package.parent
 
 
-@pytest.mark.parametrize("name", HOST_DRIVERS)
+@pytest.mark.parametrize("name", DRIVERS)
 def test_home_written_by_the_old_code(name, tmp_path):
     from graphdrivers.testing.homes import driver_home
     from graphdrivers.testing.selection import skip_unless_requested
     if name not in graphdrivers.available():
         pytest.skip(f"{name} is not installed")
-    site = _old_package(tmp_path)
+    site = _old_package(tmp_path, OLD_DM if name == "devicemapper" else OLD)
     with driver_home(name, tmp_path) as (home, options):
         try:
             graphdrivers.registry.driver_class(name).probe(Path(home) / name)
@@ -85,7 +89,7 @@ def test_home_written_by_the_old_code(name, tmp_path):
             assert drv.layers() == ["alone", "base", "child", "top"]
             assert [drv.parent(i) for i in ("base", "child", "top", "alone")] == \
                 [None, "base", "child", None]
-            if name != "overlay2":      # overlay2's old layout kept no read-write flag
+            if name not in NO_RW_FLAG:
                 assert drv.layer_store.get("top").rw and not drv.layer_store.get("child").rw
             assert content(drv, "top")["h"][7] and set(content(drv, "top")) >= {"f", "g", "h"}
             assert set(content(drv, "child")) >= {"f", "g"} and "h" not in content(drv, "child")
@@ -93,13 +97,20 @@ def test_home_written_by_the_old_code(name, tmp_path):
                 drv.remove("base")
             # the store is the record now: a second load reads it, not the old files
             assert (state / LOG).exists()
-            assert graphdrivers.load(name, home, options).layers() == drv.layers()
+            second = graphdrivers.load(name, home, options)
+            try:
+                assert second.layers() == drv.layers()
+            finally:
+                second.cleanup()
             drv.create("new", "top")
             write(drv, "new", {"n": b"new"})
             assert set(content(drv, "new")) >= {"f", "g", "h", "n"}
             for layer in ("new", "top", "child", "base", "alone"):
                 drv.remove(layer)
             assert drv.layers() == []
+            if name == "devicemapper":      # every layer's device went with it
+                assert drv.store.layer_ids() == []
+                assert drv.store.all_device_ids() == {drv.store.base().device_id}
         finally:
             drv.cleanup()
         if name == "overlay2":

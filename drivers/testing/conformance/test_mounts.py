@@ -49,13 +49,9 @@ def test_remove_while_mounted_keeps_the_layer(driver):
     assert not driver.exists("l")
 
 
-def test_remove_parent_with_children(driver, request):
+def test_remove_parent_with_children(driver):
     """One rule for every driver (Docker's layer store, containerd): a layer with
     children is not removed; LayerInUse names the children."""
-    if driver.name == "devicemapper":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="devicemapper keeps its own layer graph until it adopts the "
-                                "layer store (issue 14)"))
     driver.create("parent")
     with mounted(driver, "parent") as root:
         write(root, "p", "from parent")
