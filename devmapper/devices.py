@@ -250,33 +250,26 @@ class ThinDevices:
         Its blocks stay until delete(): the removal may still be refused."""
         assert self.pool is not None
         with self.lock:
-            name = self.devname(record.layer)
-            try:
-                self.pool.deactivate(name, deferred=self.deferred_deletion)
-                self._active.discard(name)
-            except OSError as exc:
-                if exc.errno == errno.EBUSY:
-                    raise LayerInUse(f"layer {record.layer!r}: its device {name} is open by "
-                                     "another process; close it and retry") from None
-                raise
+            self._deactivate(record.layer, deferred=self.deferred_deletion)
+
+    def _deactivate(self, layer: str, *, deferred: bool) -> None:
+        """deactivate(), with a device still open reported as LayerInUse."""
+        try:
+            self.deactivate(layer, deferred=deferred)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise LayerInUse(f"layer {layer!r}: its device {self.devname(layer)} is open "
+                                 "by another process; close it and retry") from None
+            raise
 
     def delete(self, record: DeviceRecord, *, sync: bool) -> bool:
         """Delete a thin device; returns False when it was busy and its deletion was deferred."""
         assert self.pool is not None
         with self.lock:
-            layer = record.layer
-            name = self.devname(layer) if not record.deleted else None
-            if self.blkdiscard and not record.deleted:
-                self._discard(record)
-            if name:
-                try:
-                    self.pool.deactivate(name, deferred=self.deferred_deletion and not sync)
-                    self._active.discard(name)
-                except OSError as exc:
-                    if exc.errno == errno.EBUSY:
-                        raise LayerInUse(f"layer {layer!r}: its device {name} is open by another "
-                                         "process; close it and retry") from None
-                    raise
+            if not record.deleted:
+                if self.blkdiscard:
+                    self._discard(record)
+                self._deactivate(record.layer, deferred=self.deferred_deletion and not sync)
             with self.changing_pool():
                 if record.deleted and self.store.parked(record.device_id) is None:
                     return True     # another process on this home finished it

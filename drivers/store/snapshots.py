@@ -81,10 +81,8 @@ class SnapshotStore(JournalState):
             return self._snaps.get(key)
 
     def require(self, key: str) -> Snapshot:
-        snap = self.get(key)
-        if snap is None:
-            raise SnapshotNotFound(f"snapshot {_short(key)!r} does not exist")
-        return snap
+        with self._current():
+            return self._require(key)
 
     def all(self) -> list[Snapshot]:
         with self._current():
@@ -112,9 +110,7 @@ class SnapshotStore(JournalState):
         """The active snapshot ``key`` becomes the committed ``name`` (same layer)."""
         with self._locked():
             self._refresh()
-            old = self._snaps.get(key)
-            if old is None:
-                raise SnapshotNotFound(f"active snapshot {_short(key)!r} does not exist")
+            old = self._require(key, "active snapshot")
             if old.kind != "active":
                 raise WrongState(f"snapshot {_short(key)!r} is a {old.kind} snapshot; only an "
                                  "active one (made by Prepare) can be committed")
@@ -126,9 +122,7 @@ class SnapshotStore(JournalState):
     def update_labels(self, key: str, labels: Mapping[str, str], now: int) -> Snapshot:
         with self._locked():
             self._refresh()
-            old = self._snaps.get(key)
-            if old is None:
-                raise SnapshotNotFound(f"snapshot {_short(key)!r} does not exist")
+            old = self._require(key)
             new = replace(old, labels=dict(labels), updated=now)
             self._commit([new.line()])
             return new
@@ -137,9 +131,7 @@ class SnapshotStore(JournalState):
         """Drop a snapshot's record (before its layer goes); refused while it has children."""
         with self._locked():
             self._refresh()
-            snap = self._snaps.get(key)
-            if snap is None:
-                raise SnapshotNotFound(f"snapshot {_short(key)!r} does not exist")
+            snap = self._require(key)
             children = sorted(self._children.get(key, ()))
             if children:
                 names = ", ".join(map(repr, map(_short, children[:3])))
@@ -154,10 +146,14 @@ class SnapshotStore(JournalState):
             raise SnapshotExists(f"snapshot {_short(key)!r} already exists "
                                  f"({self._snaps[key].kind})")
 
+    def _require(self, key: str, what: str = "snapshot") -> Snapshot:
+        snap = self._snaps.get(key)
+        if snap is None:
+            raise SnapshotNotFound(f"{what} {_short(key)!r} does not exist")
+        return snap
+
     def _require_committed(self, key: str) -> None:
-        parent = self._snaps.get(key)
-        if parent is None:
-            raise SnapshotNotFound(f"parent snapshot {_short(key)!r} does not exist")
+        parent = self._require(key, "parent snapshot")
         if parent.kind != "committed":
             raise WrongState(f"parent {_short(key)!r} is a {parent.kind} snapshot; a parent "
                              "must be committed first")
