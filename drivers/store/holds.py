@@ -23,10 +23,14 @@ import contextlib
 import fcntl
 import itertools
 import os
+import stat
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Tuple
 
 _SEP = "@"
+_IDLE_LOCKS = 64
+LockHandle = Tuple[int, int]        # (fd, inode) of a lock file
 _instances = itertools.count(1)
 
 
@@ -69,6 +73,10 @@ class HomeRun:
         self._locks = str(self.dir / "locks")
         self._prefix = self.home.rstrip("/") + "/"
         self._owner: tuple[int, str] | None = None
+        self._idle: dict[str, LockHandle] = {}      # unlocked lock files kept open, oldest first
+        self._idle_guard = threading.Lock()
+        self._idle_pid = os.getpid()
+        self._forgotten: set[str] = set()
 
     # -- identity ------------------------------------------------------------
     def owner(self) -> str:
@@ -95,10 +103,10 @@ class HomeRun:
                 os.unlink(name)
         elif count == 1:
             try:
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                _touch(name)
             except FileNotFoundError:   # the first hold on this home (or the dir was cleared)
                 os.makedirs(self._holds, mode=0o700, exist_ok=True)
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                _touch(name)
 
     def other_holders(self, path: str) -> list[int]:
         """Pids of the other live processes that hold the mount at ``path``."""
@@ -124,6 +132,8 @@ class HomeRun:
 
     def release_all(self) -> None:
         """Withdraw every hold of this instance, as the end of its process would."""
+        with self._idle_guard:
+            self._drop_idle()
         suffix = f"{_SEP}{self.owner()}"
         try:
             names = os.listdir(self._holds)
@@ -135,40 +145,84 @@ class HomeRun:
                     os.unlink(f"{self._holds}/{name}")
 
     # -- id locks --------------------------------------------------------------
+    def lock(self, layer_id: str) -> LockHandle:
+        """Take the cross-process lock of ``layer_id`` (an exclusive flock); give the
+        handle back to ``unlock``. One thread of this instance at a time per id (IdLocks
+        sees to that)."""
+        path = f"{self._locks}/{layer_id}"
+        with self._idle_guard:
+            if self._idle_pid != os.getpid():
+                self._drop_idle()           # a forked child: those fds share the parent's locks
+            handle = self._idle.pop(layer_id, None)
+        while True:
+            if handle is None:
+                handle = _open_lock(path, self._locks)
+            try:
+                fcntl.flock(handle[0], fcntl.LOCK_EX)
+                # a remover may have unlinked the file while we waited: lock the new one
+                if _inode(path) == handle[1]:
+                    return handle
+            except BaseException:
+                os.close(handle[0])
+                raise
+            os.close(handle[0])
+            handle = None
+
+    def unlock(self, layer_id: str, handle: LockHandle) -> None:
+        """Release a lock from ``lock``. The file stays open for the next operation on the
+        id (an open and a close less each time), up to _IDLE_LOCKS files."""
+        if layer_id in self._forgotten:
+            self._forgotten.discard(layer_id)
+            os.close(handle[0])
+            return
+        fcntl.flock(handle[0], fcntl.LOCK_UN)
+        with self._idle_guard:
+            self._idle[layer_id] = handle
+            if len(self._idle) > _IDLE_LOCKS:
+                os.close(self._idle.pop(next(iter(self._idle)))[0])
+
     @contextlib.contextmanager
     def locked(self, layer_id: str) -> Iterator[None]:
-        """Hold the cross-process lock of ``layer_id`` (an exclusive flock)."""
-        path = f"{self._locks}/{layer_id}"
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except FileNotFoundError:
-                os.makedirs(self._locks, mode=0o700, exist_ok=True)
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                # a remover may have unlinked the file while we waited: lock the new one
-                if _same_file(fd, path):
-                    break
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
+        """``lock``/``unlock`` as a context manager."""
+        handle = self.lock(layer_id)
         try:
             yield
         finally:
-            os.close(fd)
+            self.unlock(layer_id, handle)
 
     def forget_lock(self, layer_id: str) -> None:
         """Drop the lock file of a removed layer; call it while holding that lock."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{self._locks}/{layer_id}")
+        self._forgotten.add(layer_id)
+
+    def _drop_idle(self) -> None:
+        for fd, _ in self._idle.values():
+            os.close(fd)
+        self._idle.clear()
+        self._idle_pid = os.getpid()
 
 
-def _same_file(fd: int, path: str) -> bool:
+def _touch(name: str) -> None:
+    """Create an empty file in one syscall (mknod; open and close would be two)."""
     try:
-        st = os.stat(path)
+        os.mknod(name, 0o600 | stat.S_IFREG)
+    except FileExistsError:
+        pass
+
+
+def _open_lock(path: str, directory: str) -> LockHandle:
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            continue
+        return fd, os.fstat(fd).st_ino
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
     except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+        return None

@@ -78,7 +78,8 @@ class LayerStore(JournalState):
 
     # -- reading ------------------------------------------------------------
     def get(self, layer_id: str) -> LayerRecord | None:
-        with self._current():
+        with self._mutex:           # _current() inlined: every operation looks once
+            self._refresh()
             return self._records.get(layer_id)
 
     def require(self, layer_id: str, what: str = "layer") -> LayerRecord:

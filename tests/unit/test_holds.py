@@ -113,3 +113,40 @@ def test_a_waiter_follows_a_lock_file_replaced_by_a_remover(run):
     let_go.set()
     assert third.wait(30)
     assert (run.dir / "locks" / "gone").exists()
+
+
+def test_a_forked_child_does_not_share_a_lock_kept_open_by_its_parent(run):
+    with run.locked("layer"):
+        pass                            # the lock file now stays open, unlocked
+    to_child, from_parent = os.pipe()
+    from_child, to_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:                        # the child holds the lock until told to stop
+        with run.locked("layer"):
+            os.write(to_parent, b"1")
+            os.read(to_child, 1)
+        os._exit(0)
+    try:
+        assert os.read(from_child, 1) == b"1"
+        got = threading.Event()
+
+        def take():
+            with run.locked("layer"):
+                got.set()
+        threading.Thread(target=take, daemon=True).start()
+        assert not got.wait(0.5)        # the parent must wait for its child
+        os.write(from_parent, b"x")
+        assert got.wait(30)
+    finally:
+        os.write(from_parent, b"x")
+        os.waitpid(pid, 0)
+
+
+def test_kept_lock_files_are_bounded(run):
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(300):
+        with run.locked(f"layer-{n}"):
+            pass
+    assert len(os.listdir("/proc/self/fd")) - before <= 64
+    run.release_all()
+    assert len(os.listdir("/proc/self/fd")) <= before
