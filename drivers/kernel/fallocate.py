@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
 _KEEP_SIZE = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# the process's own symbols, as kernel/mount.py: ctypes.util.find_library runs ldconfig
+# and gcc in subprocesses, which cost every command 20 ms or more at import
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.fallocate.restype = ctypes.c_int
 
