@@ -10,6 +10,7 @@ Layout, under a run directory that only lives as long as this boot:
     /run/graphdrivers/<boot id>/<home dev>-<home inode>/
         holds/<mount key>@<pid>-<start time>-<n>   driver instance n holds that mount
         locks/<layer id>                        flock(2) target of that id
+        probe-<name>.json                       what a driver's start-up probes found
 
 A hold whose process is gone (or whose pid was reused: the start time differs)
 is stale and removed by whoever finds it, so a crashed process never pins a
@@ -22,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import os
 import stat
 import threading
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Any, Callable, Iterator, Tuple
 
 _SEP = "@"
 _IDLE_LOCKS = 64
@@ -86,6 +88,26 @@ class HomeRun:
         if self._owner is None or self._owner[0] != pid:
             self._owner = (pid, f"{pid}-{_start_time(pid)}-{next(_instances)}")
         return self._owner[1]
+
+    # -- probes ------------------------------------------------------------------
+    def remembered(self, name: str, probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``probe()``'s result, run once per boot and home: kernel features and the home's
+        filesystem do not change under a running system, and probes that mount cost more
+        than the rest of a driver's start-up (containers/storage keeps its overlay feature
+        checks in its run root for the same reason). A probe that raises is not kept."""
+        path = f"{self.dir}/probe-{name}.json"
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            pass
+        found = probe()
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        temp = f"{path}.{os.getpid()}-{threading.get_ident()}"
+        with open(temp, "w") as f:
+            json.dump(found, f)
+        os.replace(temp, path)      # no flush: the run directory ends with the boot
+        return found
 
     # -- mount holds -----------------------------------------------------------
     def _key(self, path: str) -> str:
