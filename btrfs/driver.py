@@ -177,10 +177,10 @@ class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
         return self.home / "quotas" / ".stale-qgroups.json"
 
     def _destroy_stale_qgroups(self, deleted: list[int] = ()) -> None:
-        """Destroy the qgroups of deleted subvolumes, remembering those the kernel
-        still keeps (some kernels refuse until the cleaner has dropped the
-        subvolume) to retry at the next remove, cleanup or load. Leaked qgroups
-        pile up otherwise (moby#29325)."""
+        """Destroy the qgroups of deleted subvolumes, remembering those that must
+        wait (until the cleaner's drop of the subvolume is committed: quota.destroy)
+        to retry at the next remove, cleanup or load. Leaked qgroups pile up
+        otherwise (moby#29325)."""
         with self._lock:
             stale_file = self._stale_file()
             try:

@@ -159,3 +159,20 @@ ROOT_REF = Layout("btrfs_root_ref", [       # key (parent tree, ROOT_REF, child 
     ("sequence", "Q"),
     ("name_len", "H"),
 ])
+
+# As in the 6.1 headers (Debian 12, CI); headers >= 6.7 append u64 enable_gen, which
+# the item carries only with simple quotas.
+QGROUP_STATUS_ITEM = Layout("btrfs_qgroup_status_item", [   # key (0, QGROUP_STATUS, 0)
+    ("version", "Q"),
+    ("generation", "Q"),
+    ("flags", "Q"),                      # BTRFS_QGROUP_STATUS_FLAG_*
+    ("rescan", "Q"),
+])
+
+QGROUP_INFO_ITEM = Layout("btrfs_qgroup_info_item", [       # key (0, QGROUP_INFO, qgroupid)
+    ("generation", "Q"),
+    ("rfer", "Q"),
+    ("rfer_cmpr", "Q"),
+    ("excl", "Q"),
+    ("excl_cmpr", "Q"),
+])

@@ -51,6 +51,8 @@ SIZES = {
     "INODE_REF": ("btrfs_inode_ref", 10),
     "INODE_EXTREF": ("btrfs_inode_extref", 18),
     "ROOT_REF": ("btrfs_root_ref", 18),
+    "QGROUP_STATUS_ITEM": ("btrfs_qgroup_status_item", 32),   # 40 in headers >= 6.7
+    "QGROUP_INFO_ITEM": ("btrfs_qgroup_info_item", 40),
 }
 
 # (name in structs.py, our field, C field) -> offsetof: the fields the code reads or writes
@@ -73,6 +75,9 @@ OFFSETS = {
     ("INODE_ITEM", "ctime", "ctime"): 124,
     ("INODE_EXTREF", "name_len", "name_len"): 16,
     ("ROOT_REF", "name_len", "name_len"): 16,
+    ("QGROUP_STATUS_ITEM", "flags", "flags"): 16,
+    ("QGROUP_INFO_ITEM", "rfer", "rfer"): 8,
+    ("QGROUP_INFO_ITEM", "excl_cmpr", "excl_cmpr"): 32,
 }
 
 
