@@ -399,8 +399,16 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
                 raise DepthExceeded(f"layer {id!r} stacks {len(args[0])} lower layers; "
                                     f"this mount method takes at most {self.max_depth}")
             options = self._features.options + options_extra
-            mountapi.in_directory(self.home, lambda: self._mount_call(
-                f"{layer.name}/merged", args[0], args[1], args[2], readonly, options))
+            if self._new_api:
+                # fsconfig takes one path per call, so absolute paths fit at any depth and
+                # the mount needs no thread with its own cwd (a third of its time here)
+                lowers, upper, work = (
+                    [f"{self.home}/{p}" for p in args[0]],
+                    *(f"{self.home}/{p}" if p else None for p in args[1:]))
+                self._mount_call(str(merged), lowers, upper, work, readonly, options)
+            else:
+                mountapi.in_directory(self.home, lambda: self._mount_call(
+                    f"{layer.name}/merged", args[0], args[1], args[2], readonly, options))
             faults.point("overlay2.mount.after_mount")
         except BaseException:
             self._refs.decrement(str(merged))

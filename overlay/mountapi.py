@@ -1,14 +1,14 @@
 """Mounting an overlay: the new mount API (fsopen/fsconfig/fsmount/move_mount) or mount(2).
 
-Both paths run in a short-lived thread that has its own filesystem context
-(``unshare(CLONE_FS)``) and has chdir'd to the driver home, so every path in
-the mount options is relative (``l/<short>``, ``<id>/diff``). That is how the
-lower list of a deep chain stays short, without changing the cwd of the
-calling process (a Python process has other threads).
-
 - new API (kernel >= 6.8): one ``fsconfig(lowerdir+)`` call per lower layer,
-  so there is no page limit; the kernel's own limit is 500 lowers.
-- mount(2): the whole option string must fit in one page (4095 bytes).
+  so there is no page limit (the kernel's own limit is 500 lowers) and the
+  driver passes absolute paths from its own thread.
+- mount(2): the whole option string must fit in one page (4095 bytes). The
+  driver mounts from a short-lived thread that has its own filesystem context
+  (``unshare(CLONE_FS)``) and has chdir'd to the driver home (``in_directory``),
+  so every path is relative (``l/<short>``, ``<id>/diff``): that is how the
+  lower list of a deep chain stays short, without changing the cwd of the
+  calling process (a Python process has other threads).
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def supports_lowerdir_plus(scratch_parent: str | os.PathLike) -> tuple[bool, str
 
 def mount_new_api(target: str, lowers: Sequence[str], upper: str | None, work: str | None,
                   options: Sequence[tuple[str, str | None]], *, readonly: bool) -> None:
-    """Mount an overlay at ``target`` via fsopen/fsconfig/fsmount/move_mount (cwd-relative paths)."""
+    """Mount an overlay at ``target`` via fsopen/fsconfig/fsmount/move_mount."""
     fd = _fsopen("overlay")
     try:
         try:
