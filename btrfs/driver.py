@@ -29,7 +29,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 from graphdrivers import faults
 from graphdrivers.kernel import statfs as fsinfo
 from graphdrivers.archive import export_changes
-from graphdrivers.store.atomicfile import fsync_dir, read_json, remove_stale_temps, write_json
+from graphdrivers.store.atomicfile import read_json, remove_stale_temps, write_json
 from graphdrivers.changes import changes_size
 from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
 from graphdrivers.driver import Change, ChangeKind, Driver, os_errors
@@ -137,8 +137,14 @@ class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
             os.chmod(path, 0o755)
         if size is not None:
             self._set_quota(record.id, path, size)
-        fsync_dir(path.parent)          # the subvolume is on disk before its record
         return {"size": size} if size is not None else {}
+
+    def _data_present(self, record: LayerRecord) -> bool:
+        return subvol.is_subvolume(self._dir(record.id))
+
+    def _rebuild_data(self, record: LayerRecord, parent: LayerRecord | None) -> None:
+        self._remove_data(record.id)                # what the power cut left of it
+        self._create_data(record, parent, record.fields.get("size"), "")
 
     def _parse_size(self, storage_opt: Mapping[str, str] | None) -> int | None:
         size = parse_options(storage_opt, LAYER_OPTIONS, what="btrfs layer option")["size"]

@@ -8,11 +8,20 @@ A backend implements the storage itself in small protected hooks:
 
     _create_options(storage_opt, rw)           parse per-layer options (no state yet)
     _create_data(record, parent, options)      make the layer's data; return backend fields
+    _data_present(record) / _rebuild_data(record, parent)   after a power cut (below)
     _busy(id) / _prepare_remove(id)            refuse or get ready before the record goes
     _remove_data(id)                           delete the data (also a crash's orphans)
     _mount_data(record, label) / _unmount_data(id, record)
     _metadata(record), _data_ids(), _import_records()
     _diff/_changes/_diff_size/_apply_diff      (NaiveDiff provides them)
+
+Durability: a create or remove flushes once, the layer store's line. The data of a
+create is not flushed before its record: a power cut can keep the record and lose the
+data (never the other way round, which would be an orphan). The first load after a boot,
+or after the home's filesystem was mounted again, looks at every record and rebuilds
+the data of a layer that lost it as its create made it (an empty layer, or a snapshot
+of its parent); within one boot the page cache keeps everything a killed process wrote,
+so later loads skip that look.
 
 Order of locks: the id lock of a layer, then the store's home lock (held only inside
 one store call). A create locks only its own id: a parent removed meanwhile makes the
@@ -24,6 +33,7 @@ import abc
 import contextlib
 import enum
 import functools
+import logging
 import os
 import pathlib
 from dataclasses import dataclass
@@ -31,11 +41,14 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 from graphdrivers import faults
 from graphdrivers.errors import LayerExists, LayerInUse, LayerNotFound, from_os_error
+from graphdrivers.kernel.mount import mount_id
 from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.options import Option
 from graphdrivers.store.holds import HomeRun
 from graphdrivers.store.layers import LayerRecord, LayerStore
 from graphdrivers.store.locks import IdLocks
+
+log = logging.getLogger("graphdrivers.driver")
 
 
 class ChangeKind(enum.IntEnum):
@@ -113,6 +126,27 @@ class Driver(abc.ABC):
                 with self._locks.hold(orphan):      # a live process may be creating it
                     if not self.layer_store.exists(orphan):
                         self._remove_data(orphan)
+            self.home_run.remembered(f"rebuilt-{mount_id(self.home)}", self._rebuild_lost)
+
+    def _rebuild_lost(self) -> dict[str, list[str]]:
+        """Rebuild the data of recorded layers that a power cut lost (see the module
+        docstring), parents before children."""
+        rebuilt = []
+        for record in self.layer_store.records_parents_first():
+            if self._data_present(record):
+                continue
+            with self._locks.hold(record.id):
+                current = self.layer_store.get(record.id)
+                if current is None or self._data_present(current):
+                    continue
+                parent = self.layer_store.get(current.parent) if current.parent else None
+                self._rebuild_data(current, parent)
+                rebuilt.append(current.id)
+        if rebuilt:
+            log.warning("%s: rebuilt %d layer(s) whose data a power cut lost (their records "
+                        "were on disk; the data is as their create made it): %s", self.home,
+                        len(rebuilt), ", ".join(rebuilt[:20]))
+        return {"rebuilt": rebuilt}
 
     def _record(self, id: str, what: str = "layer") -> LayerRecord:
         return self.layer_store.require(id, what)
@@ -232,8 +266,17 @@ class Driver(abc.ABC):
 
     def _create_data(self, record: LayerRecord, parent: LayerRecord | None, options: Any,
                      mount_label: str) -> Mapping[str, Any] | None:
-        """Make the layer's data, complete and flushed; return backend fields for its
-        record. On an exception the template calls _remove_data."""
+        """Make the layer's data, complete (no flush: the record's is the only one); return
+        backend fields for its record, enough to rebuild it. On an exception the template
+        calls _remove_data."""
+        raise NotImplementedError
+
+    def _data_present(self, record: LayerRecord) -> bool:
+        """Whether a recorded layer still has its data (asked after a boot; cheap: a stat)."""
+        return True
+
+    def _rebuild_data(self, record: LayerRecord, parent: LayerRecord | None) -> None:
+        """Make the data of a recorded layer again, as its create did, from its record."""
         raise NotImplementedError
 
     def _busy(self, id: str) -> str | None:

@@ -36,7 +36,6 @@ from graphdrivers import faults
 from graphdrivers.kernel import statfs as fsinfo
 from graphdrivers.kernel import mount as _mount
 from graphdrivers.archive import apply_tar, export_tree
-from graphdrivers.store.atomicfile import fsync_dir
 from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
 from graphdrivers.driver import Change, Driver, os_errors
 from graphdrivers.errors import DriverError, InvalidOption, LayerNotFound, NotSupported
@@ -288,15 +287,27 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
                     "start a new chain")
         if os.path.lexists(self._path(record.id)):
             self._remove_data(record.id)        # a failed remove's data, without a record
-        return {"link": self._build(record.id, parent, lowers, size)}
+        fields = {"link": self._build(record.id, parent, lowers, size, new_short_name())}
+        return {**fields, "size": size} if size else fields
+
+    def _data_present(self, record: LayerRecord) -> bool:
+        return os.path.isdir(f"{self.home}/{dir_name(record.id)}/diff")
+
+    def _rebuild_data(self, record: LayerRecord, parent: LayerRecord | None) -> None:
+        lowers = [f"{LINK_DIR}/{parent.fields.get('link', '')}"] + self._lowers(parent) \
+            if parent is not None else []
+        with contextlib.suppress(FileNotFoundError):     # the l/ link of the lost data
+            os.unlink(f"{self.home}/{LINK_DIR}/{record.fields['link']}")
+        self._remove_data(record.id)                     # what the power cut left of it
+        size = record.fields.get("size") if self._quota is not None else None
+        self._build(record.id, parent, lowers, size, record.fields["link"])
 
     def _build(self, layer_id: str, parent: LayerRecord | None, lowers: list[str],
-               size: int | None) -> str:
-        """Make the layer in a temp dir and rename it into place: all or nothing.
-        Returns its short link name."""
+               size: int | None, short: str) -> str:
+        """Make the layer in a temp dir and rename it into place: all or nothing (not
+        flushed: the Driver template's durability rule). Returns its short link name."""
         home = str(self.home)
         tmp = f"{home}/.tmp-{layer_id}-{os.getpid()}-{os.urandom(4).hex()}"
-        short = new_short_name()
         link = f"{home}/{LINK_DIR}/{short}"
         try:
             os.mkdir(tmp, 0o710)
@@ -316,9 +327,7 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
                 _write(f"{self._path(parent.id)}/committed", "")
             os.symlink(f"../{dir_name(layer_id)}/diff", link)
             faults.point("overlay2.create.after_link")
-            fsync_dir(tmp)                          # the dirs are on disk before the rename
             os.rename(tmp, self._path(layer_id))
-            fsync_dir(home)                         # and the layer before its record
             faults.point("overlay2.create.after_rename")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

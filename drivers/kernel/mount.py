@@ -95,6 +95,20 @@ def mountinfo(pid: str = "self") -> list[MountInfo]:
     return result
 
 
+def mount_id(path: str | os.PathLike) -> int:
+    """The kernel's id of the mount that holds ``path``: a new one for every mount, so a
+    filesystem unmounted and mounted again reads as a different mount."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    finally:
+        os.close(fd)
+    return 0
+
+
 def is_mountpoint(path: str | os.PathLike) -> bool:
     target = os.path.realpath(path)
     return any(m.mountpoint == target for m in mountinfo())

@@ -10,7 +10,7 @@ Layout, under a run directory that only lives as long as this boot:
     /run/graphdrivers/<boot id>/<home dev>-<home inode>/
         holds/<mount key>@<pid>-<start time>-<n>   driver instance n holds that mount
         locks/<layer id>                        flock(2) target of that id
-        probe-<name>.json                       what a driver's start-up probes found
+        probe-<name>.json                       what a start-up check found this boot
 
 A hold whose process is gone (or whose pid was reused: the start time differs)
 is stale and removed by whoever finds it, so a crashed process never pins a

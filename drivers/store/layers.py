@@ -99,6 +99,20 @@ class LayerStore(JournalState):
         with self._current():
             return [self._records[i] for i in sorted(self._records)]
 
+    def records_parents_first(self) -> list[LayerRecord]:
+        """Every record, each after its parent."""
+        with self._current():
+            ordered: list[LayerRecord] = []
+            stack = sorted((r for r in self._records.values() if r.parent is None),
+                           key=lambda r: r.id, reverse=True)
+            while stack:
+                record = stack.pop()
+                ordered.append(record)
+                stack.extend(self._records[c] for c in sorted(self._children.get(record.id, ()),
+                                                               reverse=True))
+            reached = {r.id for r in ordered}       # a chain whose base is missing comes last
+            return ordered + [self._records[i] for i in sorted(self._records.keys() - reached)]
+
     def children(self, layer_id: str) -> list[str]:
         with self._current():
             return sorted(self._children.get(layer_id, ()))

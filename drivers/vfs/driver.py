@@ -27,7 +27,6 @@ from graphdrivers import faults
 from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
 from graphdrivers.vfs.copy import copy_tree
-from graphdrivers.store.atomicfile import fsync_dir
 from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
 from graphdrivers.driver import Driver, os_errors
 from graphdrivers.errors import InvalidOption
@@ -108,7 +107,7 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
         return size
 
     def _create_data(self, record: LayerRecord, parent: LayerRecord | None, size: int,
-                     mount_label: str) -> None:
+                     mount_label: str) -> dict[str, int]:
         stage = self._staging(record.id, "new")
         try:
             os.mkdir(stage, 0o755)
@@ -126,7 +125,16 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
             _rmtree(stage)
             raise
         faults.point("vfs.create.after_rename")
-        fsync_dir(self._dir)        # the data is on disk before its record
+        return {"size": size} if size else {}
+
+    def _data_present(self, record: LayerRecord) -> bool:
+        return os.path.isdir(f"{self._dir_s}/{record.id}")
+
+    def _rebuild_data(self, record: LayerRecord, parent: LayerRecord | None) -> None:
+        size = record.fields.get("size", 0)
+        if size and self._quota is None:
+            self._quota, self._quota_reason = quota_control(self._dir)
+        self._create_data(record, parent, size if self._quota else 0, "")
 
     def _busy(self, id: str) -> str | None:
         return self._refs.in_use(str(self._layer(id)))
