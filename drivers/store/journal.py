@@ -9,7 +9,12 @@ describe its whole state (``_state_lines``), this class keeps the file:
 
 A change is one line appended and fdatasync'ed (one flush). Several lines given to
 one ``_commit`` go in one write; a line is the unit of atomicity, so a change that
-must be all or nothing is one line. When the log holds many more lines than live
+must be all or nothing is one line. The flush happens after the writer lets go of
+the locks, and is shared (group commit): while one thread's fdatasync runs, others
+append, and the next fdatasync covers all of them, so parallel creates do not queue
+behind each other's flushes. A change returns only once a flush covered its line; if
+that flush fails, the change is undone by the lines its writer gave for that
+(``undo``) and the caller gets the error. When the log holds many more lines than live
 records, the next change rewrites it whole instead (write-temp, fsync, rename, fsync
 dir). A crash inside an append leaves a torn last line: readers ignore it, the next
 writer cuts it off. Space for appends is reserved ahead (fallocate), so a remove
@@ -56,6 +61,9 @@ class JournalState:
         self._mutex = threading.RLock()       # flock does not exclude threads of one process
         self._seen: tuple[int, int] | None = None   # (inode, bytes parsed)
         self._lines = 0
+        self._flushing = threading.Lock()           # one fdatasync at a time; the others wait
+        self._durable = (0, 0)                      # (inode, bytes) known flushed
+        self._pending = threading.local()           # this thread's lock depth and append to flush
         with self._locked():
             # nobody writes while we hold the flock: a temp file now is a dead writer's
             remove_stale_temps(self.home, prefix=f".{log}.tmp-")
@@ -86,14 +94,53 @@ class JournalState:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """This process's mutex, then the home's flock (opened per use: a forked child
-        must not share the lock with its parent)."""
-        with self._mutex:
-            fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+        must not share the lock with its parent); after both are released, the flush of
+        what this thread appended."""
+        mine = self._pending
+        mine.depth = getattr(mine, "depth", 0) + 1
+        try:
+            with self._mutex:
+                fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    yield
+                finally:
+                    os.close(fd)
+        finally:
+            mine.depth -= 1
+            pending = getattr(mine, "write", None)
+            if pending is not None and mine.depth == 0:      # the outermost exit
+                mine.write = None
+                self._make_durable(*pending)
+
+    def _make_durable(self, inode: int, end: int, undo: list[dict] | None) -> None:
+        """Return once a flush covered the log up to ``end`` (this thread's append),
+        joining or starting the fdatasync another thread may be running."""
+        try:
+            with self._flushing:
+                if self._durable[0] == inode and self._durable[1] >= end:
+                    return                      # a flush that started after our append
+                try:
+                    fd = os.open(self._log, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    return                      # replaced meanwhile: see below
+                try:
+                    st = os.fstat(fd)
+                    if st.st_ino != inode:
+                        return                  # a rewrite replaced it, flushing what it kept
+                    os.fdatasync(fd)
+                    self._durable = (inode, st.st_size)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            if undo:
+                with contextlib.suppress(Exception):
+                    with self._locked():
+                        self._refresh()
+                        self._commit(undo)
+            raise DriverError(f"the {self.WHAT} {self._log} could not be flushed to disk "
+                              f"({exc.strerror or exc}); the change was undone; the disk or "
+                              "its filesystem is failing (check the kernel log)") from exc
 
     @contextlib.contextmanager
     def _current(self) -> Iterator[None]:
@@ -119,8 +166,10 @@ class JournalState:
         self._reset()
         self._read(st.st_ino, 0)
 
-    def _commit(self, lines: list[dict]) -> None:
-        """Write ``lines`` (under the flock, after _refresh): appended, or a fresh file."""
+    def _commit(self, lines: list[dict], undo: list[dict] | None = None) -> None:
+        """Write ``lines`` (under the flock, after _refresh): appended, or a fresh file.
+        An append is flushed when the thread leaves ``_locked``; ``undo``: the lines that
+        take the change back if that flush fails."""
         if self._lines >= _COMPACT_MIN and self._lines > 2 * self._count():
             for line in lines:
                 self._apply_counted(line)
@@ -142,7 +191,6 @@ class JournalState:
             while view:
                 n = os.pwrite(fd, view, offset)
                 view, offset = view[n:], offset + n
-            os.fdatasync(fd)
             if st.st_blocks * 512 < offset + _SLACK // 4:
                 reserve(fd, offset + _SLACK)
         except BaseException:
@@ -154,6 +202,8 @@ class JournalState:
         for line in lines:
             self._apply_counted(line)
         self._seen = (st.st_ino, offset)
+        earlier = getattr(self._pending, "write", None)
+        self._pending.write = (st.st_ino, offset, (undo or []) + (earlier[2] if earlier else []))
 
     # -- the file ------------------------------------------------------------------
     def _reset(self) -> None:

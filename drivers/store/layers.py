@@ -141,7 +141,7 @@ class LayerStore(JournalState):
                 raise LayerExists(f"layer {record.id} already exists")
             if record.parent is not None and record.parent not in self._records:
                 raise LayerNotFound(f"parent layer {record.parent} of {record.id} does not exist")
-            self._commit([record.line()])
+            self._commit([record.line()], undo=[{"del": record.id}])
 
     def update(self, layer_id: str, **fields: Any) -> LayerRecord:
         """Set backend fields of an existing layer (a value None drops the field)."""
@@ -152,7 +152,7 @@ class LayerStore(JournalState):
                 raise LayerNotFound(f"layer {layer_id} does not exist in {self.home}")
             merged = {k: v for k, v in {**old.fields, **fields}.items() if v is not None}
             new = LayerRecord(old.id, old.parent, old.rw, merged)
-            self._commit([new.line()])
+            self._commit([new.line()], undo=[old.line()])
             return new
 
     def check_removable(self, layer_id: str) -> None:
@@ -171,7 +171,7 @@ class LayerStore(JournalState):
             if record is None:
                 raise LayerNotFound(f"layer {layer_id} does not exist in {self.home}")
             self.check_removable(layer_id)
-            self._commit([{"del": layer_id}])
+            self._commit([{"del": layer_id}], undo=[record.line()])
             return record
 
     # -- the lines (journal.py) -------------------------------------------------

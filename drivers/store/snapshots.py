@@ -104,7 +104,7 @@ class SnapshotStore(JournalState):
             self._check_free(snap.key)
             if snap.parent is not None:
                 self._require_committed(snap.parent)
-            self._commit([snap.line()])
+            self._commit([snap.line()], undo=[{"del": snap.key}])
 
     def commit(self, key: str, name: str, labels: Mapping[str, str], now: int) -> Snapshot:
         """The active snapshot ``key`` becomes the committed ``name`` (same layer)."""
@@ -116,7 +116,7 @@ class SnapshotStore(JournalState):
                                  "active one (made by Prepare) can be committed")
             self._check_free(name)
             new = Snapshot(name, "committed", old.layer, old.parent, dict(labels), now, now)
-            self._commit([{**new.line(), "from": key}])
+            self._commit([{**new.line(), "from": key}], undo=[{"del": name}, old.line()])
             return new
 
     def update_labels(self, key: str, labels: Mapping[str, str], now: int) -> Snapshot:
@@ -124,7 +124,7 @@ class SnapshotStore(JournalState):
             self._refresh()
             old = self._require(key)
             new = replace(old, labels=dict(labels), updated=now)
-            self._commit([new.line()])
+            self._commit([new.line()], undo=[old.line()])
             return new
 
     def remove(self, key: str) -> Snapshot:
@@ -138,7 +138,7 @@ class SnapshotStore(JournalState):
                 more = f" and {len(children) - 3} more" if len(children) > 3 else ""
                 raise SnapshotHasChildren(f"snapshot {_short(key)!r} has {len(children)} "
                                           f"child snapshot(s) ({names}{more}); remove them first")
-            self._commit([{"del": key}])
+            self._commit([{"del": key}], undo=[snap.line()])
             return snap
 
     def _check_free(self, key: str) -> None:

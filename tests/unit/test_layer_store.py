@@ -144,3 +144,71 @@ def test_concurrent_creates_from_two_processes(tmp_path):
     assert sorted(os.listdir(home / "vfs/dir")) == sorted(expected)
     with pytest.raises(LayerInUse):
         driver.remove("base")
+
+
+def _slow_counted_flushes(monkeypatch, log_path, delay=0.005):
+    """Wrap os.fdatasync: each flush takes ``delay`` and records the log size it covers."""
+    import threading
+    import time
+    covered: list[int] = []
+    guard = threading.Lock()
+    real = os.fdatasync
+
+    def flush(fd):
+        size = os.fstat(fd).st_size
+        time.sleep(delay)
+        real(fd)
+        with guard:
+            covered.append(size)
+    monkeypatch.setattr(os, "fdatasync", flush)
+    return covered
+
+
+def test_parallel_adds_share_flushes_and_each_returns_flushed(tmp_path, monkeypatch):
+    import threading
+    store = LayerStore(tmp_path)
+    covered = _slow_counted_flushes(monkeypatch, tmp_path / LOG)
+    errors = []
+
+    def work(t):
+        try:
+            for i in range(20):
+                layer = f"t{t}-{i}"
+                store.add(LayerRecord(layer))
+                # returned: a flush that finished already covered this layer's line
+                flushed = (tmp_path / LOG).read_bytes()[:max(covered)]
+                assert f'"{layer}"'.encode() in flushed, layer
+        except BaseException as exc:        # noqa: BLE001 (reported below)
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(covered) < 160 / 2, f"{len(covered)} flushes for 160 adds: none shared"
+    assert len(LayerStore(tmp_path).ids()) == 160
+
+
+def test_a_failed_flush_undoes_the_change(tmp_path, monkeypatch):
+    import errno
+    store = LayerStore(tmp_path)
+    store.add(LayerRecord("kept"))
+    real = os.fdatasync
+    fail = [True]
+
+    def flush(fd):
+        if fail[0]:
+            fail[0] = False
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+    monkeypatch.setattr(os, "fdatasync", flush)
+    with pytest.raises(DriverError, match="could not be flushed .*Input/output error.*undone"):
+        store.add(LayerRecord("lost"))
+    assert store.get("lost") is None
+    fail[0] = True
+    with pytest.raises(DriverError, match="could not be flushed"):
+        store.remove("kept")
+    assert store.get("kept") == LayerRecord("kept")
+    fresh = LayerStore(tmp_path)
+    assert fresh.ids() == ["kept"]
