@@ -217,6 +217,15 @@ class Driver(abc.ABC):
         """The parent a layer was created on, or None for a base layer."""
         return self._record(check_id(id)).parent
 
+    def info(self, id: str) -> dict[str, Any]:
+        """The layer as `layer ls` shows it: id, parent, whether it was created
+        read-write, and who holds it mounted (in words, None when nobody: this process
+        and the other live processes on the home, by pid)."""
+        record = self._record(check_id(id))
+        with self._locks.hold(id):
+            mounted_by = self._busy(id)
+        return {"id": id, "parent": record.parent, "rw": record.rw, "mounted_by": mounted_by}
+
     def metadata(self, id: str) -> dict[str, str]:
         record = self._record(check_id(id))
         with os_errors(f"read the metadata of layer {id}"):

@@ -88,6 +88,31 @@ def make_layers_in_process(home: pathlib.Path) -> None:
         drv.unmount("snap")
 
 
+def test_layer_ls_shows_mode_and_who_holds_a_layer_mounted(vfs, home):
+    run(*vfs, "layer", "create", "ro-layer")
+    run(*vfs, "layer", "create", "--rw", "--parent", "ro-layer", "rw-layer")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, graphdrivers\n"
+         "d = graphdrivers.load('vfs', sys.argv[1], {})\n"
+         "d.mount('rw-layer'); print('mounted', flush=True); sys.stdin.readline()",
+         str(home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mounted"
+        rows = {r["id"]: r for r in json.loads(run(*vfs, "layer", "ls", "--json").stdout)}
+        assert rows["ro-layer"]["rw"] is False and rows["ro-layer"]["mounted_by"] is None
+        assert rows["rw-layer"]["rw"] is True
+        assert rows["rw-layer"]["mounted_by"] == f"mounted by process {holder.pid}"
+        table = run(*vfs, "layer", "ls").stdout.decode().splitlines()
+        assert table[2].split()[:3] == ["rw-layer", "ro-layer", "rw"]
+        assert str(holder.pid) in table[2]
+    finally:
+        holder.kill()
+        holder.wait()
+    rows = {r["id"]: r for r in json.loads(run(*vfs, "layer", "ls", "--json").stdout)}
+    assert rows["rw-layer"]["mounted_by"] is None       # its holder ended
+
+
 def make_snapshot(vfs) -> None:
     run(*vfs, "layer", "create", "--parent", "base", "snap")
     root = pathlib.Path(run(*vfs, "layer", "mount", "snap").stdout.decode().strip())
@@ -148,10 +173,12 @@ def test_layer_lifecycle(vfs, home):
     make_snapshot(vfs)
 
     listing = json.loads(run(*vfs, "layer", "ls", "--json").stdout)
-    assert listing == [{"id": "base", "parent": None}, {"id": "snap", "parent": "base"}]
+    assert listing == [{"id": "base", "parent": None, "rw": False, "mounted_by": None},
+                       {"id": "snap", "parent": "base", "rw": False, "mounted_by": None}]
     table = run(*vfs, "layer", "ls").stdout.decode().split("\n")
-    assert table[0].split() == ["ID", "PARENT"]
-    assert table[1].split() == ["base", "-"] and table[2].split() == ["snap", "base"]
+    assert table[0].split() == ["ID", "PARENT", "MODE", "MOUNTED"]
+    assert table[1].split() == ["base", "-", "ro", "-"]
+    assert table[2].split() == ["snap", "base", "ro", "-"]
     assert run(*vfs, "layer", "ls", "-q").stdout.decode().split() == ["base", "snap"]
 
     changes = run(*vfs, "layer", "changes", "snap").stdout.decode().splitlines()

@@ -46,7 +46,7 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("id")
     p.set_defaults(func=cmd_unmount)
 
-    p = sub.add_parser("ls", aliases=["list"], parents=[common], help="list layers and their parents")
+    p = sub.add_parser("ls", aliases=["list"], parents=[common], help="list layers: parent, read-write or not, who holds it mounted")
     p.add_argument("--quiet", "-q", action="store_true", help="ids only")
     p.set_defaults(func=cmd_ls)
 
@@ -125,15 +125,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows = []
         sys.stderr.write(f"graphdrivers: note: {exc}\n")
     else:
-        rows = [{"id": layer_id, "parent": driver.parent(layer_id)}
-                for layer_id in sorted(driver.layers())]
+        rows = [driver.info(layer_id) for layer_id in sorted(driver.layers())]
     if args.json:
         emit_json(rows)
     elif args.quiet:
         for row in rows:
             print(row["id"])
     else:
-        print_table([[r["id"], r["parent"] or "-"] for r in rows], ["ID", "PARENT"])
+        print_table([[r["id"], r["parent"] or "-", "rw" if r["rw"] else "ro",
+                      r["mounted_by"] or "-"] for r in rows],
+                    ["ID", "PARENT", "MODE", "MOUNTED"])
     return 0
 
 
