@@ -222,9 +222,14 @@ class Driver(abc.ABC):
         read-write, and who holds it mounted (in words, None when nobody: this process
         and the other live processes on the home, by pid)."""
         record = self._record(check_id(id))
-        with self._locks.hold(id):
-            mounted_by = self._busy(id)
-        return {"id": id, "parent": record.parent, "rw": record.rw, "mounted_by": mounted_by}
+        # no id lock: a listing is a snapshot, and a lock per layer would make `layer ls`
+        # of a big home create a lock file for every layer
+        return {"id": id, "parent": record.parent, "rw": record.rw, "mounted_by": self._busy(id)}
+
+    def infos(self) -> list[dict[str, Any]]:
+        """``info`` of every layer, sorted by id, from one look at the holds."""
+        with self.home_run.one_look():
+            return [self.info(layer_id) for layer_id in self.layers()]
 
     def metadata(self, id: str) -> dict[str, str]:
         record = self._record(check_id(id))

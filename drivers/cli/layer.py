@@ -125,7 +125,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows = []
         sys.stderr.write(f"graphdrivers: note: {exc}\n")
     else:
-        rows = [driver.info(layer_id) for layer_id in sorted(driver.layers())]
+        rows = driver.infos()
     if args.json:
         emit_json(rows)
     elif args.quiet:

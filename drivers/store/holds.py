@@ -79,6 +79,7 @@ class HomeRun:
         self._idle_guard = threading.Lock()
         self._idle_pid = os.getpid()
         self._forgotten: set[str] = set()
+        self._snapshot = threading.local()          # one_look()'s listing
 
     # -- identity ------------------------------------------------------------
     def owner(self) -> str:
@@ -130,14 +131,29 @@ class HomeRun:
                 os.makedirs(self._holds, mode=0o700, exist_ok=True)
                 _touch(name)
 
+    @contextlib.contextmanager
+    def one_look(self) -> Iterator[None]:
+        """Inside, ``other_holders`` of this thread answers from one listing of the holds
+        (a report on every layer), not one per call (what a remove must have)."""
+        self._snapshot.names = self._hold_names()
+        try:
+            yield
+        finally:
+            self._snapshot.names = None
+
+    def _hold_names(self) -> list[str]:
+        try:
+            return os.listdir(self._holds)
+        except FileNotFoundError:
+            return []
+
     def other_holders(self, path: str) -> list[int]:
         """Pids of the other live processes that hold the mount at ``path``."""
         prefix = f"{self._key(path)}{_SEP}"
         me = self.owner()
-        try:
-            names = os.listdir(self._holds)
-        except FileNotFoundError:
-            return []
+        names = getattr(self._snapshot, "names", None)
+        if names is None:
+            names = self._hold_names()
         holders = []
         for name in names:
             if not name.startswith(prefix):
