@@ -118,8 +118,11 @@ def _paths_of(fd: int, tree: int, inodes: Iterable[int]) -> set[str]:
         if ino == ioctl.FIRST_FREE_OBJECTID:
             paths.add("")
             continue
+        # one inode's refs fit a leaf: a leaf-sized buffer, not the default 256 KiB (one
+        # search per changed inode; the big buffer's allocation cost more than the search)
         for item in ioctl.tree_search(fd, tree, (ino, ioctl.INODE_REF_KEY, 0),
-                                      (ino, ioctl.INODE_EXTREF_KEY, ioctl.U64_MAX)):
+                                      (ino, ioctl.INODE_EXTREF_KEY, ioctl.U64_MAX),
+                                      buf_size=ioctl.LEAF_MAX):
             for parent, name in _refs(item):
                 paths.add(dir_path(parent) + name)
     return paths

@@ -17,7 +17,7 @@ from typing import Iterator
 from graphdrivers.kernel import ioctl as ioc
 from .structs import (GET_SUBVOL_INFO_ARGS, INO_LOOKUP_ARGS, INODE_ITEM, QGROUP_CREATE_ARGS,
                       QGROUP_LIMIT_ARGS, QUOTA_CTL_ARGS, SEARCH_ARGS_V2, SEARCH_HEADER,
-                      SEARCH_KEY, VOL_ARGS, VOL_ARGS_V2, VOL_NAME_MAX)
+                      VOL_ARGS, VOL_ARGS_V2, VOL_NAME_MAX)
 
 MAGIC = 0x94                     # BTRFS_IOCTL_MAGIC
 SUBVOL_CREATE = ioc.iow(MAGIC, 14, VOL_ARGS.size)
@@ -111,12 +111,28 @@ class Item:
     data: bytes
 
 
-def _search(fd: int, buf: bytearray, buf_size: int, **key: int) -> int:
+# _search packs positionally (a diff makes one search per changed inode; keywords cost
+# more than the ioctl): the order it relies on
+assert SEARCH_ARGS_V2.fields == (
+    "key_tree_id", "key_min_objectid", "key_max_objectid", "key_min_offset", "key_max_offset",
+    "key_min_transid", "key_max_transid", "key_min_type", "key_max_type", "key_nr_items",
+    "buf_size")
+LEAF_MAX = 64 << 10         # the largest btrfs node size: no item is bigger
+_NR_ITEMS = struct.Struct("=I")
+_NR_ITEMS_AT = SEARCH_ARGS_V2.offset("key_nr_items")
+
+
+def _search(fd: int, buf: bytearray, buf_size: int, tree_id: int,
+            min_key: tuple[int, int, int], max_key: tuple[int, int, int],
+            min_transid: int, nr_items: int) -> int:
     """One BTRFS_IOC_TREE_SEARCH_V2 over ``buf`` (args, then ``buf_size`` bytes of
-    results); returns how many items the kernel put there."""
-    SEARCH_ARGS_V2.pack_into(buf, 0, buf_size=buf_size, **{f"key_{k}": v for k, v in key.items()})
+    results) for (objectid, type, offset) keys from ``min_key`` to ``max_key``; returns
+    how many items the kernel put there."""
+    SEARCH_ARGS_V2.pack_values_into(buf, 0, tree_id, min_key[0], max_key[0], min_key[2],
+                                    max_key[2], min_transid, U64_MAX, min_key[1], max_key[1],
+                                    nr_items, buf_size)
     fcntl.ioctl(fd, TREE_SEARCH_V2, buf)
-    return SEARCH_KEY.unpack(buf).nr_items
+    return _NR_ITEMS.unpack_from(buf, _NR_ITEMS_AT)[0]
 
 
 def tree_search(fd: int, tree_id: int, min_key: tuple[int, int, int],
@@ -131,22 +147,21 @@ def tree_search(fd: int, tree_id: int, min_key: tuple[int, int, int],
     min_obj, min_type, min_off = min_key
     max_obj, max_type, max_off = max_key
     buf = bytearray(SEARCH_ARGS_V2.size + buf_size)
+    header = SEARCH_HEADER.unpack_from           # positional, as in _inode_items
+    head_size = SEARCH_HEADER.size
     while True:
-        count = _search(fd, buf, buf_size, tree_id=tree_id, min_objectid=min_obj,
-                        max_objectid=max_obj, min_offset=min_off, max_offset=max_off,
-                        min_transid=min_transid, max_transid=U64_MAX, min_type=min_type,
-                        max_type=max_type, nr_items=4096)
+        count = _search(fd, buf, buf_size, tree_id, (min_obj, min_type, min_off),
+                        (max_obj, max_type, max_off), min_transid, 4096)
         if count == 0:
             return
         pos = SEARCH_ARGS_V2.size
         last = None
         for _ in range(count):
-            head = SEARCH_HEADER.unpack(buf, pos)
-            pos += SEARCH_HEADER.size
-            yield Item(head.transid, head.objectid, head.type, head.offset,
-                       bytes(buf[pos:pos + head.len]))
-            pos += head.len
-            last = (head.objectid, head.type, head.offset)
+            transid, objectid, offset, type_, length = header(buf, pos)
+            pos += head_size
+            yield Item(transid, objectid, type_, offset, bytes(buf[pos:pos + length]))
+            pos += length
+            last = (objectid, type_, offset)
         # continue right after the last key returned (compound key increment)
         obj, type_, off = last
         if off < U64_MAX:
@@ -197,10 +212,8 @@ def _inode_items(fd: int, tree_id: int, first: int, last: int, min_transid: int,
     u64 = struct.Struct("=Q").unpack_from
     min_obj, min_type, min_off = first, 0, 0
     while True:
-        count = _search(fd, buf, buf_size, tree_id=tree_id, min_objectid=min_obj,
-                        max_objectid=last, min_offset=min_off, max_offset=U64_MAX,
-                        min_transid=min_transid, max_transid=U64_MAX, min_type=min_type,
-                        max_type=255, nr_items=1 << 30)
+        count = _search(fd, buf, buf_size, tree_id, (min_obj, min_type, min_off),
+                        (last, 255, U64_MAX), min_transid, 1 << 30)
         if count == 0:
             return found
         pos = SEARCH_ARGS_V2.size

@@ -37,8 +37,9 @@ class Layout:
         self._names = frozenset(self.fields)
         self._tuple = namedtuple(name, self.fields)
         self._defaults = tuple(b"" if c.endswith("s") else 0 for n, c in self._flat if n != PAD)
-        #: positional unpack, in ``fields`` order, for hot loops
+        #: positional unpack and pack, in ``fields`` order, for hot loops
         self.unpack_from = self._struct.unpack_from
+        self.pack_values_into = self._struct.pack_into
 
     def _add(self, name: str, code: str, start: int) -> int:
         size = struct.calcsize("=" + code)
