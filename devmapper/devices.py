@@ -17,7 +17,10 @@ Locks, and the one order they are taken in
 ------------------------------------------
 1. per-id locks (``IdLocks``, the Driver template's): a thread lock plus a flock
    under the home's run directory, one per layer id, held by every public driver
-   method for its id (create holds the new id only, not its parent's);
+   method for its id; a create on a parent also holds the parent's, taken after the new
+   id's (a child's before its parent's; nothing takes two the other way round): the
+   snapshot suspends the parent's device, which the parent's mount, unmount and
+   remove in other processes touch under the parent's lock;
 2. ``ThinDevices.lock``, this process's RLock: the device set of this instance
    (allocator, active devices, the closed flag); the driver holds it over the
    device part of a create or remove (not over the layer store's record);

@@ -129,7 +129,12 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
 
     def _create_data(self, record: LayerRecord, parent: LayerRecord | None, size: int,
                      mount_label: str) -> None:
-        with self._lock:
+        # the parent's id lock too (lock 1, after the new id's): the snapshot suspends and
+        # resumes the parent's device, which a mount or unmount of the parent in another
+        # process must not interleave with (mount(2) of a frozen device is EBUSY, a device
+        # removed while suspended fails the resume)
+        parent_lock = contextlib.nullcontext() if parent is None else self._locks.hold(parent.id)
+        with parent_lock, self._lock:
             self.devices.check_open()
             origin = self.store.base() if parent is None else self.store.layer(parent.id)
             if origin is None:

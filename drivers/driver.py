@@ -15,8 +15,9 @@ A backend implements the storage itself in small protected hooks:
     _diff/_changes/_diff_size/_apply_diff      (NaiveDiff provides them)
 
 Order of locks: the id lock of a layer, then the store's home lock (held only inside
-one store call). A create locks only its own id: a parent removed meanwhile makes the
-record's commit fail (the store checks the parent under its lock), and the new data goes.
+one store call). A create locks its own id (a backend may then take the parent's, never
+the other way round): a parent removed meanwhile makes the record's commit fail (the
+store checks the parent under its lock), and the new data goes.
 """
 from __future__ import annotations
 
