@@ -17,7 +17,10 @@ Locks, and the one order they are taken in
 ------------------------------------------
 1. per-id locks (``IdLocks``, the Driver template's): a thread lock plus a flock
    under the home's run directory, one per layer id, held by every public driver
-   method for its id (create holds the new id only, not its parent's);
+   method for its id; a create on a parent also holds the parent's, taken after the new
+   id's (a child's before its parent's; nothing takes two the other way round): the
+   snapshot suspends the parent's device, which the parent's mount, unmount and
+   remove in other processes touch under the parent's lock;
 2. ``ThinDevices.lock``, this process's RLock: the device set of this instance
    (allocator, active devices, the closed flag); the driver holds it over the
    device part of a create or remove (not over the layer store's record);
@@ -71,7 +74,7 @@ class ThinDevices:
         self.lock = threading.RLock()
         self.pool_lock = PoolLock(home / "pool.lock")
         self.closed = False
-        self._active: set[str] = set()     # dm devices this instance activated
+        self._active: dict[str, str] = {}  # dm devices this instance activated: name -> layer
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self.pool: Pool | None = None
@@ -346,7 +349,7 @@ class ThinDevices:
         with self.lock:
             name = self.devname(layer)
             path = self.pool.activate(name, record.device_id, record.size)
-            self._active.add(name)
+            self._active[name] = layer
             return path
 
     def deactivate(self, layer: str, *, deferred: bool = False) -> None:
@@ -354,7 +357,7 @@ class ThinDevices:
         with self.lock:
             name = self.devname(layer)
             self.pool.deactivate(name, deferred=deferred)
-            self._active.discard(name)
+            self._active.pop(name, None)
 
     def mount(self, layer: str, record: DeviceRecord, mountpoint: pathlib.Path,
               mount_label: str = "") -> None:
@@ -404,6 +407,11 @@ class ThinDevices:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=10)
+
+    def active_layers(self) -> list[str]:
+        """The layers whose devices this instance activated ("" is the base device)."""
+        with self.lock:
+            return sorted(set(self._active.values()))
 
     def close(self) -> None:
         """Save the allocator hint, deactivate what this instance activated, tear down our pool

@@ -129,7 +129,12 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
 
     def _create_data(self, record: LayerRecord, parent: LayerRecord | None, size: int,
                      mount_label: str) -> None:
-        with self._lock:
+        # the parent's id lock too (lock 1, after the new id's): the snapshot suspends and
+        # resumes the parent's device, which a mount or unmount of the parent in another
+        # process must not interleave with (mount(2) of a frozen device is EBUSY, a device
+        # removed while suspended fails the resume)
+        parent_lock = contextlib.nullcontext() if parent is None else self._locks.hold(parent.id)
+        with parent_lock, self._lock:
             self.devices.check_open()
             origin = self.store.base() if parent is None else self.store.layer(parent.id)
             if origin is None:
@@ -262,16 +267,26 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
         if self._closed:
             return
         self.devices.stop_worker()
-        with self.devices.lock:
-            self._closed = True
-            # only what this instance mounted: another process (a plugin while the
-            # CLI resizes) may use the same pool
-            for path in sorted(self._refs.paths(), key=len, reverse=True):
+        self._closed = True
+        # only what this instance mounted or activated: another process (a plugin while
+        # the CLI resizes) may use the same pool. Each layer under its id lock (lock 1,
+        # before the instance lock): another process mounting it meanwhile decides under
+        # that lock whether to share the mount, and activates and mounts its device
+        for path in sorted(self._refs.paths(), key=len, reverse=True):
+            with self._locks.hold(os.path.basename(path)):
                 self._refs.forget(path)
                 if is_mountpoint(path) and not self._refs.others(path):
                     try:
                         umount(path, retries=3)
                     except OSError:
                         umount(path, MNT_DETACH)
+        for layer in self.devices.active_layers():
+            if layer:                  # the base device has no id lock; close() takes it
+                with self._locks.hold(layer):
+                    try:
+                        self.devices.deactivate(layer, deferred=self.deferred_removal)
+                    except OSError as exc:   # open elsewhere, without deferred removal
+                        log.warning("devicemapper: deactivating the device of %s: %s", layer, exc)
+        with self.devices.lock:
             self.devices.close()
             self.home_run.set_hold(self._pool_hold, 0)

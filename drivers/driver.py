@@ -24,8 +24,9 @@ of its parent); within one boot the page cache keeps everything a killed process
 so later loads skip that look.
 
 Order of locks: the id lock of a layer, then the store's home lock (held only inside
-one store call). A create locks only its own id: a parent removed meanwhile makes the
-record's commit fail (the store checks the parent under its lock), and the new data goes.
+one store call). A create locks its own id (a backend may then take the parent's, never
+the other way round): a parent removed meanwhile makes the record's commit fail (the
+store checks the parent under its lock), and the new data goes.
 """
 from __future__ import annotations
 

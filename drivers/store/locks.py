@@ -2,7 +2,9 @@
 
 With a HomeRun, the lock also holds across processes (an flock in the home's run
 directory), so a remove in one process cannot interleave with a mount of the same
-layer in another. Callers that need two ids take them in sorted order.
+layer in another. Callers that need two ids take them in sorted order, except a
+create, which holds its new id and may then take its parent's (devicemapper's
+snapshot suspends the parent's device): nobody holding an id waits for a child's.
 
 A class, not a generator context manager: every driver operation takes one, and the
 generator machinery cost more than the flock itself.

@@ -79,14 +79,6 @@ def test_threads_long(driver, home_and_options):
 
 def _processes(driver_name, driver, home, options, n: int, tmp_path) -> None:
     import base64
-    if driver_name == "devicemapper":
-        # seen once in two VM runs (so no strict xfail): a worker's mount of a shared
-        # parent failed with EBUSY from mount(2) (xfs on the parent's thin device) right
-        # after another process had unmounted it; the mount/unmount/cleanup paths across
-        # processes need a look (a detached superblock still going, or cleanup() unmounting
-        # outside the id lock). The two-instance and two-process tests below run.
-        pytest.skip("devicemapper: a cross-process mount race (EBUSY from mount(2)) not "
-                    "yet found; see the comment")
     workload.make_parents(driver)
     sync = tmp_path / "sync"
     sync.mkdir()
