@@ -3,7 +3,7 @@
     python3 concurrent_child.py <driver> <home> <options-json> <tag> <n> <sync-dir>
 
 Loads the driver, says ``<tag>.ready``, waits for ``go``, runs the workload
-(no mounts of the shared parents), writes its model to ``<tag>.json``, says
+(diffs mount the shared parents, no read_parent op), writes its model to ``<tag>.json``, says
 ``<tag>.done``, waits for ``finish`` so that no process cleans up while
 another still works, then calls cleanup().
 """

@@ -46,8 +46,9 @@ def run(driver, tag: str, n: int, seed: int,
         share_mounts: bool = True) -> dict[str, tuple[str | None, dict[str, bytes]]]:
     """``n`` mixed operations; returns {layer: (parent, files written)} still alive.
 
-    ``share_mounts=False`` leaves out mounting the shared parents (what several
-    processes on one home cannot do safely, see test_concurrency.py).
+    ``share_mounts=False`` leaves out the op that mounts a shared parent by itself
+    (read_parent); diffs and changes still mount the shared parents beside the other
+    processes.
     """
     rng = random.Random(seed)
     ops = OPS if share_mounts else [op for op in OPS if op != "read_parent"]
