@@ -12,6 +12,10 @@ What containerd would still write outside (the shims' sockets are hard-coded
 to /run/containerd/s, research/engine.md §4) and every mount it makes stay in
 a private mount namespace with its own /run (``MountNamespace``), shared with
 the graphdrivers snapshotter so that both see the same mounts, as on a host.
+ctr runs there too: it mounts snapshots itself (``ctr run`` reads the image's
+/etc/passwd and /etc/group through a temporary mount of the new snapshot), and a
+snapshotter's mount sources may exist only in that namespace (devicemapper's
+bind of a thin device's filesystem, which the snapshotter mounted there).
 When the namespace's last process ends, its mounts go with it: nothing is left
 mounted on the host whatever state a test dies in.
 """
@@ -155,8 +159,9 @@ class Containerd:
 
     def ctr_result(self, *args: str, input: bytes | None = None,
                    timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ctr_argv(*args), input=input, capture_output=True,
-                              timeout=timeout * SLOW)
+        """ctr in the engine's mount namespace (see the module docstring)."""
+        return self.mountns.run(self.ctr_argv(*args), input=input, text=False,
+                                timeout=timeout * SLOW)
 
     def ctr(self, *args: str, timeout: float = 120) -> str:
         """Run ctr; its stdout as text, or EngineError with its stderr."""
@@ -175,8 +180,8 @@ class Containerd:
 
     def run(self, snapshotter: str, ref: str, cid: str, script: str, *, keep: bool = False) -> str:
         """``ctr run`` a container (removed afterwards unless ``keep``); its output."""
-        # ctr makes the I/O fifos itself, in the host's /run unless told; runc's state
-        # goes to /run/containerd/runc, which is the namespace's own tmpfs
+        # ctr makes the I/O fifos itself (kept in the work dir with the rest); runc's
+        # state goes to /run/containerd/runc, which is the namespace's own tmpfs
         args = ["run", "--snapshotter", snapshotter, "--fifo-dir", str(self.work / "fifo"),
                 "--cgroup", f"/gde2e-{os.getpid()}-{cid}"]
         if not keep:
