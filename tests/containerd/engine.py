@@ -161,7 +161,14 @@ class Containerd:
                    timeout: float = 120) -> subprocess.CompletedProcess:
         """ctr in the engine's mount namespace (see the module docstring)."""
         return self.mountns.run(self.ctr_argv(*args), input=input, text=False,
-                                timeout=timeout * SLOW)
+                                timeout=timeout * SLOW, env=self.ctr_env())
+
+    def ctr_env(self) -> dict[str, str]:
+        """ctr's temporary mounts go to $XDG_RUNTIME_DIR if set (the VM sets /run/user/0,
+        which the namespace's own /run lacks), else to $TMPDIR: the work dir's tmp/."""
+        env = dict(os.environ, TMPDIR=str(self.work / "tmp"))
+        env.pop("XDG_RUNTIME_DIR", None)
+        return env
 
     def ctr(self, *args: str, timeout: float = 120) -> str:
         """Run ctr; its stdout as text, or EngineError with its stderr."""
