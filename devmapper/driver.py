@@ -15,7 +15,8 @@ and deleted at load when a crash left it without a record.
 
 This module holds the template's hooks only, composed from: devices (the
 thin-device lifecycle and the lock order), poolreport (status, free space,
-resize), config (dm.* options), metadata (device records), filesystem (mkfs/grow).
+resize), config (dm.* options), metadata (device records), filesystem (mkfs/grow),
+external (mounts for containerd: a bind of the mounted device's rootfs/).
 Below devices: pool (where the pool lives, its messages), transaction (crash
 consistency), poolstatus (the targets' text), dm (kernel ioctls).
 """
@@ -41,6 +42,7 @@ from graphdrivers.store.refcount import RefCounter
 from . import dm, poolreport
 from .config import LAYER_OPTIONS, OPTIONS, Config, parse_config
 from .devices import ThinDevices
+from .external import ExternalMounts
 from .metadata import DeviceRecord, MetadataStore
 from .pool import Pool
 from .transaction import TransactionLog
@@ -48,7 +50,7 @@ from .transaction import TransactionLog
 log = logging.getLogger(__name__)
 
 
-class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
+class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
     name = "devicemapper"
     OPTIONS = OPTIONS
     RESIZE_OPTIONS = {"dm.loopdatasize": "data_size", "dm.loopmetadatasize": "metadata_size"}
@@ -64,6 +66,7 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
         self.cfg: Config = parse_config(options)   # before touching anything
         self.probe(self.home)
         self._refs = RefCounter(is_mountpoint, self.home_run)
+        self._served: set[str] = set()      # mounts held for containerd (external.py)
         self._closed = False
         empty_home = not any(self.home.iterdir())
         # the pool is shared by the live instances on this home: the last one out tears
@@ -263,6 +266,12 @@ class DeviceMapperDriver(NaiveDiff, PoolAdmin, Driver):
         return self.devices.cleanup_deleted()
 
     # -- shutdown ---------------------------------------------------------
+    def release(self) -> None:
+        """As the template's; the deferred-deletion worker stops too, as it would with the
+        process (else it keeps polling a home its caller may delete)."""
+        self.devices.stop_worker()
+        super().release()
+
     def cleanup(self) -> None:
         if self._closed:
             return

@@ -46,7 +46,9 @@ class Usage:
 
 class LayerMounts(abc.ABC):
     """The driver can say which mounts expose a layer, for a caller that mounts them
-    itself (containerd through the snapshotter), without mounting anything here."""
+    itself (containerd through the snapshotter). Most drivers mount nothing for it; one
+    whose layer is only reachable inside a mount of its own (devicemapper) holds that
+    mount from ``layer_mounts`` until ``release_layer_mounts``."""
 
     @abc.abstractmethod
     def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
@@ -58,3 +60,8 @@ class LayerMounts(abc.ABC):
     def layer_usage(self, id: str) -> Usage:
         """Disk space and inodes of the layer's own data (not what it shares with its
         parents)."""
+
+    def release_layer_mounts(self, id: str) -> None:
+        """The caller no longer mounts what ``layer_mounts`` returned for ``id`` (it is
+        committed, about to be removed, or was never handed out): drop what the driver
+        holds for it. Idempotent; nothing to do for most drivers."""

@@ -8,6 +8,10 @@ holds is that process's, and is not adopted.
 With a HomeRun, every count is also published for the other processes on the
 home (holds.py): ``others(path)`` names the live processes that hold a mount,
 so a driver neither removes nor unmounts what they still use.
+
+``claim_adopted(path)`` hands an adopted count to a caller that knows whose it is:
+a server that took over from its dead predecessor (the containerd snapshotter, whose
+mounts outlive it) makes the predecessor's mount its own hold, published at once.
 """
 from __future__ import annotations
 
@@ -22,12 +26,15 @@ class RefCounter:
         self._is_mounted = is_mounted
         self._run = run
         self._counts: dict[str, int] = {}
+        self._adopted: set[str] = set()   # counts found mounted, not yet claimed
         self._lock = threading.Lock()
 
     def _load(self, path: str) -> int:
         if path not in self._counts:
             adopt = self._is_mounted(path) and not self.others(path)
             self._counts[path] = 1 if adopt else 0
+            if adopt:
+                self._adopted.add(path)
         return self._counts[path]
 
     def _publish(self, path: str, count: int) -> None:
@@ -48,6 +55,7 @@ class RefCounter:
                 self._counts[path] = count
             else:
                 del self._counts[path]
+                self._adopted.discard(path)
             self._publish(path, count)
             return count
 
@@ -67,9 +75,23 @@ class RefCounter:
             ([f"mounted by process {', '.join(map(str, others))}"] if others else [])
         return " and ".join(held) or None
 
+    def claim_adopted(self, path: str) -> bool:
+        """Take the count adopted for ``path`` (a mount that no live process holds) as the
+        caller's own reference, published as this process's hold so that no other process
+        adopts or unmounts it; False when there is none (not mounted, or held by a live
+        process, or claimed already)."""
+        with self._lock:
+            self._load(path)
+            if path not in self._adopted:
+                return False
+            self._adopted.discard(path)
+            self._publish(path, 1)
+            return True
+
     def forget(self, path: str) -> None:
         with self._lock:
             self._counts.pop(path, None)
+            self._adopted.discard(path)
             self._publish(path, 0)
 
     def paths(self) -> list[str]:

@@ -4,6 +4,8 @@ Layout under ``work`` (sockets stay short: unix paths are limited to 108 bytes):
 
     config.toml      version 2; CRI and the /opt plugin disabled; proxy snapshotters named
     root/ state/     containerd's --root and --state (built-in snapshotters live in root/)
+    root.ext4        root/'s filesystem where ``work`` has no user.* xattrs (tmpfs before
+                     Linux 6.6, the VM's TMPDIR), mounted in the namespace
     c.sock           the GRPC API that ctr talks to (--address), c.sock.ttrpc beside it
     fifo/ tmp/       ctr's I/O fifos, containerd's temporary mounts
     containerd.log
@@ -12,6 +14,10 @@ What containerd would still write outside (the shims' sockets are hard-coded
 to /run/containerd/s, research/engine.md §4) and every mount it makes stay in
 a private mount namespace with its own /run (``MountNamespace``), shared with
 the graphdrivers snapshotter so that both see the same mounts, as on a host.
+ctr runs there too: it mounts snapshots itself (``ctr run`` reads the image's
+/etc/passwd and /etc/group through a temporary mount of the new snapshot), and a
+snapshotter's mount sources may exist only in that namespace (devicemapper's
+bind of a thin device's filesystem, which the snapshotter mounted there).
 When the namespace's last process ends, its mounts go with it: nothing is left
 mounted on the host whatever state a test dies in.
 """
@@ -137,6 +143,7 @@ class Containerd:
     def start(self) -> None:
         for sub in ("root", "state", "fifo", "tmp"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
+        self._root_with_xattrs()
         config = self.work / "config.toml"
         config.write_text(self.config())
         env = dict(os.environ, TMPDIR=str(self.work / "tmp"))
@@ -150,13 +157,38 @@ class Containerd:
                 raise EngineError(f"containerd did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.05)
 
+    def _root_with_xattrs(self) -> None:
+        """The built-in reference snapshotters keep their layers in root/: on a filesystem
+        without user.* xattrs containerd drops the image's xattrs there without a word, and
+        the reference would differ from graphdrivers. Such a root gets an ext4 of its own,
+        mounted in the namespace (so it goes with it); a restart finds it mounted."""
+        root = self.work / "root"
+        if user_xattrs(self.mountns.host_path(root)):
+            return
+        image = self.work / "root.ext4"
+        with open(image, "wb") as f:
+            f.truncate(1 << 30)
+        for argv in (["mkfs.ext4", "-q", "-F", "-E", "nodiscard", str(image)],
+                     ["mount", "-o", "loop", str(image), str(root)]):
+            done = self.mountns.run(argv)
+            if done.returncode != 0:
+                raise EngineError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+
     def ctr_argv(self, *args: str) -> list[str]:
         return [CTR, "--address", str(self.address), "--namespace", NAMESPACE, *args]
 
     def ctr_result(self, *args: str, input: bytes | None = None,
                    timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ctr_argv(*args), input=input, capture_output=True,
-                              timeout=timeout * SLOW)
+        """ctr in the engine's mount namespace (see the module docstring)."""
+        return self.mountns.run(self.ctr_argv(*args), input=input, text=False,
+                                timeout=timeout * SLOW, env=self.ctr_env())
+
+    def ctr_env(self) -> dict[str, str]:
+        """ctr's temporary mounts go to $XDG_RUNTIME_DIR if set (the VM sets /run/user/0,
+        which the namespace's own /run lacks), else to $TMPDIR: the work dir's tmp/."""
+        env = dict(os.environ, TMPDIR=str(self.work / "tmp"))
+        env.pop("XDG_RUNTIME_DIR", None)
+        return env
 
     def ctr(self, *args: str, timeout: float = 120) -> str:
         """Run ctr; its stdout as text, or EngineError with its stderr."""
@@ -175,8 +207,8 @@ class Containerd:
 
     def run(self, snapshotter: str, ref: str, cid: str, script: str, *, keep: bool = False) -> str:
         """``ctr run`` a container (removed afterwards unless ``keep``); its output."""
-        # ctr makes the I/O fifos itself, in the host's /run unless told; runc's state
-        # goes to /run/containerd/runc, which is the namespace's own tmpfs
+        # ctr makes the I/O fifos itself (kept in the work dir with the rest); runc's
+        # state goes to /run/containerd/runc, which is the namespace's own tmpfs
         args = ["run", "--snapshotter", snapshotter, "--fifo-dir", str(self.work / "fifo"),
                 "--cgroup", f"/gde2e-{os.getpid()}-{cid}"]
         if not keep:
@@ -224,6 +256,16 @@ class Containerd:
         for task in done.stdout.decode().split():
             self.ctr_result("tasks", "kill", "-s", "SIGKILL", task, timeout=30)
             self.ctr_result("tasks", "rm", "-f", task, timeout=30)
+
+
+def user_xattrs(path: Path) -> bool:
+    """Whether the filesystem of directory ``path`` stores user.* xattrs."""
+    try:
+        os.setxattr(path, "user.gde2e-probe", b"1")
+        os.removexattr(path, "user.gde2e-probe")
+    except OSError:
+        return False
+    return True
 
 
 def own_shims(address: Path) -> list[int]:

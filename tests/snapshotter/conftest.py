@@ -16,12 +16,7 @@ from snapshotter.client import Client, Server
 
 
 @pytest.fixture
-def snap_env(driver_name, tmp_path, request):
-    if not isinstance_layer_mounts(driver_name):
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
-            f"{driver_name} has no LayerMounts capability yet: devicemapper keeps a layer's "
-            "root in rootfs/ inside the thin device's filesystem, and containerd 1.6 ignores "
-            "Mount.target, so the device mount alone would show the wrong tree")))
+def snap_env(driver_name, tmp_path):
     with driver_home(driver_name, tmp_path) as (home, options):
         try:
             graphdrivers.registry.driver_class(driver_name).probe(Path(home) / driver_name)
@@ -40,14 +35,6 @@ def snap_env(driver_name, tmp_path, request):
                 with contextlib.suppress(OSError):
                     umount(target, 2)
             server.stop()
-
-
-def isinstance_layer_mounts(driver_name: str) -> bool:
-    from graphdrivers.capabilities import LayerMounts
-    try:
-        return issubclass(graphdrivers.registry.driver_class(driver_name), LayerMounts)
-    except graphdrivers.NotSupported:
-        return True         # skipped later with the reason
 
 
 @pytest.fixture

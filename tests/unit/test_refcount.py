@@ -91,3 +91,37 @@ def test_threads_hammering_stay_exact():
         t.join()
     assert rc.count("/shared") == 0
     assert "/shared" not in rc.paths()
+
+
+def test_claim_adopted_takes_a_dead_process_mount_once(tmp_path, monkeypatch):
+    from graphdrivers.store.holds import HomeRun
+    monkeypatch.setenv("GRAPHDRIVERS_RUN_DIR", str(tmp_path / "run"))
+    (tmp_path / "home").mkdir()
+    run, other = HomeRun(tmp_path / "home"), HomeRun(tmp_path / "home")
+    rc = RefCounter(lambda path: path.endswith("left"), run)
+    mount = str(tmp_path / "home" / "left")
+    assert not rc.claim_adopted(str(tmp_path / "home" / "fresh")), "nothing mounted: no claim"
+    assert rc.claim_adopted(mount)
+    assert other.other_holders(mount) != [], "a claimed mount is published as a live hold"
+    assert not rc.claim_adopted(mount), "claimed once"
+    assert rc.decrement(mount) == 0
+    assert other.other_holders(mount) == []
+
+
+def test_claim_adopted_after_a_transient_use():
+    rc = RefCounter(lambda path: True)
+    assert rc.increment("/left") == 2       # a diff mounts it: the adopted count stays
+    assert rc.decrement("/left") == 1
+    assert rc.claim_adopted("/left")         # ... and is then claimed by its owner
+    assert rc.decrement("/left") == 0
+
+
+def test_a_mount_held_by_a_live_process_is_not_claimed(tmp_path, monkeypatch):
+    from graphdrivers.store.holds import HomeRun
+    monkeypatch.setenv("GRAPHDRIVERS_RUN_DIR", str(tmp_path / "run"))
+    (tmp_path / "home").mkdir()
+    holder = HomeRun(tmp_path / "home")
+    mount = str(tmp_path / "home" / "m")
+    holder.set_hold(mount, 1)
+    rc = RefCounter(lambda path: True, HomeRun(tmp_path / "home"))
+    assert not rc.claim_adopted(mount)

@@ -4,7 +4,8 @@ Every snapshot is one layer of the driver (ids ``snap-<hex>``; containerd's keys
 kept in the snapshot records, store/snapshots.py): Prepare makes a read-write layer
 on the parent's layer, View a read-only one, Commit renames the record without
 touching the data. What containerd mounts comes from the driver's LayerMounts
-capability.
+capability; what a driver holds for those mounts (devicemapper's own mount of the
+device) is released when the snapshot is committed or its layer goes (``_release``).
 
 Concurrency: one short model lock covers the checks and the set of keys in flight; the
 slow part (making or deleting a layer) runs outside it, so Prepares of different keys
@@ -115,6 +116,7 @@ class Snapshotter:
                 self.store.add(Snapshot(key, kind, layer, parent_key, labels, stamp, stamp))
             except BaseException:
                 if self.store.get(key) is None or self.store.get(key).layer != layer:
+                    self._release(layer)
                     with contextlib.suppress(Exception):
                         self.driver.remove(layer)
                 raise
@@ -129,6 +131,7 @@ class Snapshotter:
             faults.point("snapshotter.commit.before_record")
             snap = self.store.commit(key, name, labels, now_ns())
             faults.point("snapshotter.commit.after_record")
+            self._release(snap.layer)     # committed: nothing mounts it any more
             return snap
 
     # -- removing --------------------------------------------------------------
@@ -142,7 +145,16 @@ class Snapshotter:
             faults.point("snapshotter.remove.after_record")
             self._remove_layer(snap.layer)
 
+    def _release(self, layer: str) -> None:
+        """Let the driver drop what it holds for containerd's mounts of ``layer``; a
+        failure is logged (the layer's remove then says what still holds it)."""
+        try:
+            self.driver.release_layer_mounts(layer)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("releasing the mounts of snapshot layer %s: %s", layer, exc)
+
     def _remove_layer(self, layer: str) -> None:
+        self._release(layer)
         try:
             self.driver.remove(layer)
         except LayerNotFound:
@@ -164,6 +176,7 @@ class Snapshotter:
             for layer in doomed:
                 if busy:        # a Prepare in flight has a layer without a record yet
                     return removed
+                self._release(layer)
                 try:
                     self.driver.remove(layer)
                 except LayerInUse:
