@@ -42,7 +42,7 @@ from graphdrivers.errors import DriverError, InvalidOption, LayerNotFound, NotSu
 from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import Option, format_size, parse_options, parse_size
-from graphdrivers.store.layers import LayerRecord
+from graphdrivers.store.layers import LOG as LAYER_LOG, LayerRecord
 from graphdrivers.store.refcount import RefCounter
 from graphdrivers.usage import tree_usage
 
@@ -138,7 +138,8 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
             raise InvalidOption(f"overlay2 mount method must be 'legacy' or 'new', not {forced!r} "
                                 "(GRAPHDRIVERS_OVERLAY2_MOUNT)")
         method = "legacy" if forced == "legacy" else "auto"
-        found = self.home_run.remembered(f"overlay2-{method}", lambda: self._probe(method))
+        found = self.home_run.remembered(f"overlay2-{method}", lambda: self._probe(method),
+                                         again=not (self.home / LAYER_LOG).exists())
         self._new_api, self._api_reason = found["new_api"], found["api_reason"]
         if forced == "new" and not self._new_api:
             raise NotSupported(f"the new mount API cannot be used: {self._api_reason}")

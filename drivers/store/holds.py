@@ -91,15 +91,19 @@ class HomeRun:
         return self._owner[1]
 
     # -- probes ------------------------------------------------------------------
-    def remembered(self, name: str, probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def remembered(self, name: str, probe: Callable[[], dict[str, Any]], *,
+                   again: bool = False) -> dict[str, Any]:
         """``probe()``'s result, run once per boot and home: kernel features and the home's
         filesystem do not change under a running system, and probes that mount cost more
         than the rest of a driver's start-up (containers/storage keeps its overlay feature
-        checks in its run root for the same reason). A probe that raises is not kept."""
+        checks in its run root for the same reason). A probe that raises is not kept.
+        ``again``: run it anyway (a new home: its directory may have the inode of a home
+        removed earlier in this boot, whose run directory this is)."""
         path = f"{self.dir}/probe-{name}.json"
         try:
-            with open(path) as f:
-                return json.load(f)
+            if not again:
+                with open(path) as f:
+                    return json.load(f)
         except (FileNotFoundError, ValueError):
             pass
         found = probe()

@@ -300,3 +300,28 @@ def test_env_switches(tmp_path, monkeypatch):
         assert "test switch" in status["Native Overlay Diff Disabled Because"]
     finally:
         drv.cleanup()
+
+
+def test_probes_are_remembered_for_a_home_and_run_again_for_a_new_one(tmp_path):
+    import json
+    from graphdrivers.store.holds import HomeRun
+    home = tmp_path / "home"
+    home.mkdir()
+    # what a removed home with this directory's inode might have left this boot
+    run = HomeRun(home)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    stale = {"new_api": False, "api_reason": "stale", "native_diff": False,
+             "naive_reason": "stale", "metacopy": False}
+    (run.dir / "probe-overlay2-auto.json").write_text(json.dumps(stale))
+    drv = open_driver(home)
+    try:
+        drv.create("a")                 # the home has records now
+        assert "stale" not in " ".join(v for _, v in drv.status())
+    finally:
+        drv.cleanup()
+    (run.dir / "probe-overlay2-auto.json").write_text(json.dumps(stale))
+    drv = open_driver(home)             # an existing home believes its run directory
+    try:
+        assert dict(drv.status())["Native Overlay Diff Disabled Because"] == "stale"
+    finally:
+        drv.cleanup()
