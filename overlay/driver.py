@@ -166,7 +166,6 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
 
         (self.home / LINK_DIR).mkdir(mode=0o700, exist_ok=True)
         self._refs = RefCounter(self._is_mounted, self.home_run)
-        self._adopted: set[str] = set()
         self._recover()
         self._open_store()
         self._restore_links()
@@ -346,7 +345,7 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
     def _prepare_remove(self, id: str) -> None:
         merged = self._path(id) / "merged"
         if merged.exists():
-            self._drop_mount(merged)           # a stale mount left by a crashed process
+            self._drop_mount(str(merged))          # a stale mount left by a crashed process
 
     def _remove_data(self, id: str) -> None:
         layer = self._path(id)
@@ -368,43 +367,51 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
             _mount.unmount_all_under(trash)
             shutil.rmtree(trash, ignore_errors=True)
 
-    def _drop_mount(self, merged: Path) -> None:
+    def _drop_mount(self, merged: str) -> None:
         try:
             _mount.umount(merged, _mount.MNT_DETACH)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOENT):
                 raise
         faults.point("overlay2.unmount.after_umount")
+        # the rmdir detaches the copies of this mount in other mount namespaces (Linux
+        # 3.18+), which would keep the upper dir in use and fail its next mount (Docker's
+        # Put does the same); it costs 30-80 us on ext4
         try:
-            merged.rmdir()
+            os.rmdir(merged)
         except FileNotFoundError:
             pass
 
     def _mount_data(self, record: LayerRecord, mount_label: str) -> Path:
         id = record.id
-        layer = self._path(id)
+        layer = f"{self.home}/{dir_name(id)}"      # strings: pathlib costs more than a syscall
         if record.parent is None:              # a base layer needs no overlay, only a count
-            self._refs.increment(str(layer / "diff"))
-            return layer / "diff"
-        merged = layer / "merged"
-        key = str(merged)
+            self._refs.increment(f"{layer}/diff")
+            return Path(layer, "diff")
+        merged = f"{layer}/merged"
+        refs = self._refs
+        fresh = False
+        if not refs.count(merged):
+            try:
+                os.mkdir(merged, 0o700)
+                fresh = True                   # nothing can be mounted on a new directory
+            except FileExistsError:
+                pass
         # a mount we did not make (another process, or a crashed one): count it, never
         # unmount it from cleanup()
-        if self._refs.count(key) == 0 and self._is_mounted(key):
-            self._adopted.add(key)
-        if self._refs.increment(key) > 1 or key in self._adopted:
-            return merged
+        if refs.increment(merged, fresh=fresh) > 1 or refs.found(merged):
+            return Path(merged)
         try:
-            merged.mkdir(mode=0o700, exist_ok=True)
             faults.point("overlay2.mount.after_mkdir")
             lowers = self._lowers(record)
             # a layer with children is mounted read-only (Docker's committed mark)
-            readonly = (layer / "committed").exists() or bool(self.layer_store.children(id))
+            readonly = os.path.exists(f"{layer}/committed") or bool(self.layer_store.children(id))
             options_extra = [("context", mount_label)] if mount_label else []
             if readonly:
                 args = ([f"{LINK_DIR}/{record.fields.get('link', '')}"] + lowers, None, None)
             else:
-                args = (lowers, f"{layer.name}/diff", f"{layer.name}/work")
+                name = dir_name(id)
+                args = (lowers, f"{name}/diff", f"{name}/work")
             if len(args[0]) > self.max_depth:
                 raise DepthExceeded(f"layer {id!r} stacks {len(args[0])} lower layers; "
                                     f"this mount method takes at most {self.max_depth}")
@@ -412,35 +419,35 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
             if self._new_api:
                 # fsconfig takes one path per call, so absolute paths fit at any depth and
                 # the mount needs no thread with its own cwd (a third of its time here)
+                home = self.home
                 lowers, upper, work = (
-                    [f"{self.home}/{p}" for p in args[0]],
-                    *(f"{self.home}/{p}" if p else None for p in args[1:]))
-                self._mount_call(str(merged), lowers, upper, work, readonly, options)
+                    [f"{home}/{p}" for p in args[0]],
+                    *(f"{home}/{p}" if p else None for p in args[1:]))
+                self._mount_call(merged, lowers, upper, work, readonly, options)
             else:
                 mountapi.in_directory(self.home, lambda: self._mount_call(
-                    f"{layer.name}/merged", args[0], args[1], args[2], readonly, options))
+                    f"{dir_name(id)}/merged", args[0], args[1], args[2], readonly, options))
             faults.point("overlay2.mount.after_mount")
         except BaseException:
-            self._refs.decrement(str(merged))
+            refs.decrement(merged)
             try:
-                merged.rmdir()
+                os.rmdir(merged)
             except OSError:
                 pass
             raise
-        return merged
+        return Path(merged)
 
     def _unmount_data(self, id: str, record: LayerRecord | None) -> None:
         if record is None:
             raise LayerNotFound(f"layer {id!r} does not exist in {self.home}")
-        layer = self._path(id)
+        layer = f"{self.home}/{dir_name(id)}"
         if record.parent is None:
-            self._refs.decrement(str(layer / "diff"))
+            self._refs.decrement(f"{layer}/diff")
             return
-        merged = layer / "merged"
-        if self._refs.decrement(str(merged)) > 0:
+        merged = f"{layer}/merged"
+        if self._refs.decrement(merged) > 0:
             return
-        self._adopted.discard(str(merged))
-        if not self._refs.others(str(merged)):   # another live process still uses it
+        if not self._refs.others(merged):   # another live process still uses it
             self._drop_mount(merged)
 
     # -- LayerMounts (capabilities.py) -------------------------------------------
@@ -511,11 +518,10 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
         stale ones from a crash are unmounted by ``remove`` or adopted by ``mount``.
         """
         for path in self._refs.paths():
+            found = self._refs.found(path)
             self._refs.forget(path)
-            if path in self._adopted:
-                self._adopted.discard(path)
-            elif path.endswith("/merged") and not self._refs.others(path):
-                self._drop_mount(Path(path))
+            if not found and path.endswith("/merged") and not self._refs.others(path):
+                self._drop_mount(path)
 
     # -- diffs (the template checked both ids and resolved the parent) ----------
     def _native(self, record: LayerRecord, parent: str | None) -> bool:

@@ -1,9 +1,12 @@
 """Reference counting of mounts, shared by every driver (Docker's RefCounter).
 
 Counts are kept per mount path. The first time a path is seen, an existing
-mount (left by a previous process) is adopted with a count of one, so a
-restart does not leak or double-mount it; a mount that another live process
-holds is that process's, and is not adopted.
+mount is ``found``: one left by a dead process is adopted with a count of one, so
+a restart does not leak or double-mount it; one that another live process holds
+is that process's, and is not counted. A found mount is never unmounted by
+this instance's cleanup (the driver asks ``found(path)``). A caller that has just
+created the mountpoint says so (``fresh``): nothing can be mounted on a new
+directory, and the look (a statfs and a listing of the holds) is skipped.
 
 With a HomeRun, every count is also published for the other processes on the
 home (holds.py): ``others(path)`` names the live processes that hold a mount,
@@ -26,24 +29,26 @@ class RefCounter:
         self._is_mounted = is_mounted
         self._run = run
         self._counts: dict[str, int] = {}
-        self._adopted: set[str] = set()   # counts found mounted, not yet claimed
+        self._found: set[str] = set()     # mounted before this instance first looked
         self._lock = threading.Lock()
 
-    def _load(self, path: str) -> int:
+    def _load(self, path: str, fresh: bool = False) -> int:
         if path not in self._counts:
-            adopt = self._is_mounted(path) and not self.others(path)
-            self._counts[path] = 1 if adopt else 0
-            if adopt:
-                self._adopted.add(path)
+            count = 0
+            if not fresh and self._is_mounted(path):
+                self._found.add(path)
+                count = 0 if self.others(path) else 1     # a dead process's: adopted
+            self._counts[path] = count
         return self._counts[path]
 
     def _publish(self, path: str, count: int) -> None:
         if self._run is not None:
             self._run.set_hold(path, count)
 
-    def increment(self, path: str) -> int:
+    def increment(self, path: str, *, fresh: bool = False) -> int:
+        """One more reference; ``fresh``: the caller has just made the mountpoint."""
         with self._lock:
-            count = self._load(path) + 1
+            count = self._load(path, fresh) + 1
             self._counts[path] = count
             self._publish(path, count)
             return count
@@ -55,9 +60,14 @@ class RefCounter:
                 self._counts[path] = count
             else:
                 del self._counts[path]
-                self._adopted.discard(path)
+                self._found.discard(path)
             self._publish(path, count)
             return count
+
+    def found(self, path: str) -> bool:
+        """Whether ``path`` was mounted by someone else before this instance counted it."""
+        with self._lock:
+            return path in self._found
 
     def count(self, path: str) -> int:
         with self._lock:
@@ -82,16 +92,17 @@ class RefCounter:
         process, or claimed already)."""
         with self._lock:
             self._load(path)
-            if path not in self._adopted:
+            if path not in self._found or self.others(path):
                 return False
-            self._adopted.discard(path)
+            self._found.discard(path)
+            self._counts[path] = max(self._counts[path], 1)   # its holder died since the look
             self._publish(path, 1)
             return True
 
     def forget(self, path: str) -> None:
         with self._lock:
             self._counts.pop(path, None)
-            self._adopted.discard(path)
+            self._found.discard(path)
             self._publish(path, 0)
 
     def paths(self) -> list[str]:
