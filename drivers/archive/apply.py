@@ -411,6 +411,8 @@ class _Applier:
             raise CorruptArchive(f"{self.name}: hard link target "
                                  f"{os.fsdecode(e.linkname)!r} does not exist in the layer") from None
         try:
+            self._check_link_target(tfd, target[-1], e)
+
             def make() -> None:
                 os.link(target[-1], base, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False)
             try:
@@ -423,6 +425,18 @@ class _Applier:
                                      f"{os.fsdecode(e.linkname)!r} (a directory?)") from None
         finally:
             os.close(tfd)
+
+    def _check_link_target(self, tfd: int, name: bytes, e: Entry) -> None:
+        """A deletion marker (overlay2's 0/0 device, e.g. left by an opaque marker
+        earlier in the tar) is no file: a link to it would put a second marker
+        where nothing is deleted, one the merged view lists but cannot stat."""
+        try:
+            st = os.stat(name, dir_fd=tfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return                      # said by make() below, with the same message
+        if self.fmt.is_whiteout(st):
+            raise CorruptArchive(f"{self.name}: hard link target {os.fsdecode(e.linkname)!r} "
+                                 "was deleted (it is a whiteout in the layer)")
 
     def _whiteout(self, parts: list[bytes], base: bytes) -> None:
         """``.wh.<name>`` deletes what is there now (as Docker's UnpackLayer, the same

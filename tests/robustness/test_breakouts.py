@@ -63,6 +63,11 @@ CASES = [
                                  ("d3/file", "file", None)]),
     ("dotdot-name", [("../canary/file", "file", None)]),
     ("absolute-name", [("CANARY/file", "file", None)]),
+    # found by the fuzz campaign (overlay2, seed 201 index 28): a hard link to a name
+    # the tar had deleted linked overlay2's whiteout device, a second deletion marker
+    # in a new directory, listed by the merged view but not stat-able
+    ("hardlink-to-whiteout", [(".wh.rel", "file", b""), ("n/b", "lnk", "rel")]),
+    ("hardlink-to-opaqued", [(".wh..wh..opq", "file", b""), ("n/b", "lnk", "rel")]),
 ]
 
 
