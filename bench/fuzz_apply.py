@@ -9,10 +9,11 @@
 The tars are split evenly over the drivers, and each driver's share into
 ``--workers`` slices (default 3: a worker mostly waits for its filesystem's journal,
 so three keep the CPU busy); every slice is a worker process under ``nice -n 19``
-with a home of its own (vfs and overlay2 on an ext4 loop
-filesystem, btrfs on its own loop device, both images on a tmpfs private to the
-worker unless ``--disk``: the disk's flush latency, not the tar code, would set the
-pace). Tar ``index`` of driver seed ``seed`` is tests/robustness/hostile_random.py's
+with a home of its own, on a tmpfs private to the worker unless ``--disk``:
+vfs and overlay2 in a directory there (``--loop-ext4``: on an ext4 loop filesystem
+there), btrfs on its own loop device with its image there. On a busy machine the
+flushes of the disk (or of ext4's journal on a loop device) and not the tar code
+would set the pace: a tmpfs home doubles the rate of a vfs worker. Tar ``index`` of driver seed ``seed`` is tests/robustness/hostile_random.py's
 ``case(seed, index, ...)``: any one is rebuilt alone. After every tar the canary,
 the parent layer, the home's mounts and siblings and /evil are checked; the whole
 home and the layer records every ``--full-every`` tars and at the end
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-every", type=int, default=200)
     parser.add_argument("--workers", type=int, default=3, help="per driver, each with its home")
     parser.add_argument("--max-failures", type=int, default=10, help="per driver")
-    parser.add_argument("--disk", action="store_true", help="images on --dir's disk, not tmpfs")
+    parser.add_argument("--disk", action="store_true", help="homes on --dir's disk, not tmpfs")
+    parser.add_argument("--loop-ext4", action="store_true",
+                        help="vfs and overlay2 on an ext4 loop filesystem, not the scratch tmpfs")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--inject-at", type=int, default=None,
                         help="write into the canary before this index (proves the check)")
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(json.loads(args.worker))
     if args.replay:
-        return replay(args.replay, args.driver, args.with_parent, args.dir, not args.disk)
+        return replay(args.replay, args.driver, args.with_parent, args.dir, not args.disk,
+                      args.loop_ext4)
     if args.hypothesis:
         return hypothesis_run(args.examples, args.drivers)
     return campaign(args)
@@ -93,9 +97,9 @@ def campaign(args: argparse.Namespace) -> int:
             sys.exit(f"{checkpoint} exists: --resume it, or choose another --dir")
         state = new_state(args)
         write_json(checkpoint, state)
-    run = {"started": time.time(), "load": []}
+    run = {"started": time.time(), "load": [], "ram": not args.disk, "loop_ext4": args.loop_ext4}
     state["runs"].append(run)
-    workers = start_workers(state, args.dir)
+    workers = start_workers(state, run, args.dir)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: [w.send_signal(signal.SIGTERM) for w in workers.values()])
     before = {key: dict(sl) for key, sl in slices(state)}
@@ -130,7 +134,7 @@ def new_state(args: argparse.Namespace) -> dict:
                                      "refused": 0, "failures": [], "seconds": 0.0,
                                      "cpu_seconds": 0.0} for a, n in zip(starts, bounds)]}
     return {"seed": seed, "full_every": args.full_every, "max_failures": args.max_failures,
-            "ram": not args.disk, "inject_at": args.inject_at, "drivers": drivers, "runs": []}
+            "inject_at": args.inject_at, "drivers": drivers, "runs": []}
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -145,7 +149,7 @@ def slices(state: dict) -> Iterator[tuple[str, dict]]:
             yield f"{name}#{n}", sl
 
 
-def start_workers(state: dict, workdir: Path) -> dict[str, subprocess.Popen]:
+def start_workers(state: dict, run: dict, workdir: Path) -> dict[str, subprocess.Popen]:
     workers = {}
     for key, sl in slices(state):
         name = key.partition("#")[0]
@@ -154,7 +158,8 @@ def start_workers(state: dict, workdir: Path) -> dict[str, subprocess.Popen]:
         spec = {"driver": name, "key": key, "seed": state["drivers"][name]["seed"],
                 "start": sl["next"], "stop": sl["stop"], "full_every": state["full_every"],
                 "max_failures": state["max_failures"] - len(sl["failures"]),
-                "inject_at": state.get("inject_at"), "dir": str(workdir), "ram": state["ram"]}
+                "inject_at": state.get("inject_at"), "dir": str(workdir), "ram": run["ram"],
+                "loop_ext4": run["loop_ext4"]}
         workers[key] = subprocess.Popen(
             ["nice", "-n", "19", sys.executable, __file__, "--worker", json.dumps(spec)],
             stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -229,7 +234,7 @@ def worker(spec: dict) -> int:
     rng = Range(spec["driver"], spec["seed"], spec["start"], spec["stop"], spec["full_every"],
                 spec["max_failures"], spec.get("inject_at"))
     with scratch(workdir, spec["ram"]) as base:
-        progress = Campaign(rng, home_factory(spec["driver"], base),
+        progress = Campaign(rng, home_factory(spec["driver"], base, spec["loop_ext4"]),
                             Path(spec["dir"]) / "failures", report=_emit,
                             stopping=lambda: bool(stopping)).run()
     return 1 if progress.failures else 0
@@ -256,8 +261,9 @@ def scratch(path: Path, ram: bool) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def home_factory(label: str, base: Path):
-    """Fresh homes (each in its own filesystem) for the campaign of ``label``."""
+def home_factory(label: str, base: Path, loop_ext4: bool = False):
+    """Fresh homes for the campaign of ``label``: btrfs on its own loop device; vfs and
+    overlay2 in a directory of the scratch (its tmpfs), or on an ext4 loop filesystem."""
     import graphdrivers
     from graphdrivers.testing.homes import driver_home
     from graphdrivers.testing.loopfs import loop_filesystem
@@ -270,9 +276,9 @@ def home_factory(label: str, base: Path):
         where.mkdir()
         try:
             with contextlib.ExitStack() as stack:
-                if name == "btrfs":       # its registered maker: btrfs on a loop device
+                if name == "btrfs" or not loop_ext4:    # the registered makers, as in CI
                     home, options = stack.enter_context(driver_home(name, where))
-                else:                     # ext4, as the test's tmp_path; on the worker's tmpfs
+                else:
                     home = stack.enter_context(loop_filesystem(where, "ext4", FS_SIZE)) / "home"
                     options = {}
                 drv = graphdrivers.load(name, home, options)
@@ -283,13 +289,14 @@ def home_factory(label: str, base: Path):
     return new_home
 
 
-def replay(tar: Path, label: str, with_parent: bool, workdir: Path, ram: bool) -> int:
+def replay(tar: Path, label: str, with_parent: bool, workdir: Path, ram: bool,
+           loop_ext4: bool = False) -> int:
     from robustness.campaign import replay as replay_one
     from robustness.fuzzing import Session
     if label == "overlay2-naive":
         os.environ[NAIVE_ENV] = "1"
     with scratch(workdir / "work" / f"replay-{label}", ram) as base, \
-            home_factory(label, base)() as (drv, home):
+            home_factory(label, base, loop_ext4)() as (drv, home):
         session = Session(drv, home)
         try:
             replay_one(session, tar, with_parent)

@@ -97,7 +97,7 @@ class Campaign:
             try:
                 session.run(data, with_parent)
             except Exception as exc:         # noqa: BLE001 - every failure is a finding
-                self._failed(index, data, with_parent, exc, since)
+                self._failed(session, index, data, with_parent, exc, since)
                 return
             finally:
                 self.progress.next = index + 1
@@ -109,22 +109,24 @@ class Campaign:
         try:
             session.final_check()
         except Exception as exc:             # noqa: BLE001
-            self._failed(self.progress.next - 1, b"", False, exc, since)
+            self._failed(session, self.progress.next - 1, b"", False, exc, since)
 
-    def _failed(self, index: int, data: bytes, with_parent: bool, exc: BaseException,
-                since: int) -> None:
+    def _failed(self, session: Session, index: int, data: bytes, with_parent: bool,
+                exc: BaseException, since: int) -> None:
         """Keep the tar and the message; a whole-home difference may come from any tar
-        since the last whole-home check, so that window is recorded too."""
+        since the last whole-home check, so that window is recorded too. The tar names
+        the canary's paths: ``case(seed, index, canary, rel)`` rebuilds it."""
         self.failures_dir.mkdir(parents=True, exist_ok=True)
         stem = self.failures_dir / f"{self.spec.driver}-{self.spec.seed}-{index}"
         Path(f"{stem}.tar").write_bytes(data)
         message = f"{type(exc).__name__}: {exc}"
         Path(f"{stem}.txt").write_text(
             f"driver {self.spec.driver}, seed {self.spec.seed}, index {index}, "
-            f"with_parent {with_parent}, tars since the last whole-home check {since}..{index}"
-            f"\n{message}\n")
+            f"with_parent {with_parent}, canary {str(session.canary)!r}, rel {session.rel!r}, "
+            f"tars since the last whole-home check {since}..{index}\n{message}\n")
         self.progress.failures.append({"index": index, "with_parent": with_parent,
-                                       "since": since, "tar": f"{stem}.tar",
+                                       "since": since, "canary": str(session.canary),
+                                       "rel": session.rel, "tar": f"{stem}.tar",
                                        "error": message[:2000]})
 
     def _update(self, force: bool = False) -> None:

@@ -3,6 +3,9 @@
 A snapshot records, for every entry under a root: type, mode, owner, size,
 nlink, mtime, content (regular files) and link target (symlinks), so a write,
 chmod, chown, utime, new hard link or new entry anywhere in the tree shows up.
+``inodes`` is the cheap check the fuzz campaign makes after every tar: lstat
+only, with the inode number and ctime, which every one of those changes (and a
+replaced entry) moves too, so no content has to be read.
 """
 from __future__ import annotations
 
@@ -47,6 +50,27 @@ def _record(path: str) -> tuple:
     return (stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_uid, st.st_gid,
             None if is_dir else st.st_size, None if is_dir else st.st_nlink,
             st.st_mtime_ns, extra)
+
+
+def inodes(root: str | os.PathLike) -> Snapshot:
+    """(inode, mode, owner, size, nlink, mtime, ctime) of every entry under ``root``."""
+    root = os.fspath(root)
+    out: Snapshot = {".": _inode(os.lstat(root))}
+    stack = [(root, "")]
+    while stack:
+        path, rel = stack.pop()
+        with os.scandir(path) as it:
+            for entry in it:
+                key = rel + entry.name
+                out[key] = _inode(entry.stat(follow_symlinks=False))
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, key + "/"))
+    return out
+
+
+def _inode(st: os.stat_result) -> tuple:
+    return (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_nlink,
+            st.st_mtime_ns, st.st_ctime_ns)
 
 
 def make_canary(path: Path) -> Path:

@@ -1,12 +1,13 @@
 """One fuzzing session: a driver, a canary beside its home, a parent layer that
 already holds dangerous symlinks, and a check run on every generated tar.
 
-Every tar: the canary and the parent layer are compared with their first
-snapshots, the home's siblings, its mounts, the layer list and the /evil paths
-checked, and the applied layer mounted and listed. The whole-home comparison
-(every file of the home, and the layer records) costs as much as the rest
-together, so a long campaign (``full_every=N``) makes it on every Nth tar and
-in ``final_check``; the hypothesis test makes it on every tar."""
+Every tar: every inode of the canary and the parent layer is compared with the
+first look (lstat: inode, mode, owner, size, links, mtime and ctime), the home's
+siblings, its mounts, the layer list and the /evil paths checked, and the applied
+layer mounted and listed. ``final_check`` adds the full comparisons: canary and
+parent content, every file of the home, the layer records; they cost more than
+the rest together, so a long campaign (``full_every=N``) makes them on every Nth
+tar and at the end; the hypothesis test makes them on every tar."""
 from __future__ import annotations
 
 import io
@@ -20,7 +21,7 @@ from graphdrivers.kernel.mount import mounts_under
 
 from graphdrivers.testing.conformance.helpers import assert_listable
 
-from .canary import diff, make_canary, snapshot
+from .canary import diff, inodes, make_canary, snapshot
 
 
 class Session:
@@ -31,6 +32,7 @@ class Session:
         self.canary = make_canary(self.home.parent / "canary")
         self.siblings = sorted(os.listdir(self.home.parent))
         self.canary_before = snapshot(self.canary)
+        self.canary_inodes = inodes(self.canary)
         self.parent = "fuzzparent"
         driver.create(self.parent)
         root = Path(driver.mount(self.parent))
@@ -49,6 +51,7 @@ class Session:
             driver.unmount(self.parent)
         self.parent_root = driver.mount(self.parent)   # held for the whole session
         self.parent_before = snapshot(self.parent_root)
+        self.parent_inodes = inodes(self.parent_root)
         self.mounts_before = sorted(mounts_under(self.home))
         # the host drivers return their home to the same state once a layer is removed;
         # devicemapper's metadata (transaction ids, sparse pool files) changes by design
@@ -85,7 +88,12 @@ class Session:
             self.final_check()
 
     def final_check(self) -> None:
-        """Once the layer is gone, the whole home is as before (directory mtimes aside)."""
+        """Canary and parent content as at the start, and once the layer is gone the
+        whole home as before (directory mtimes aside)."""
+        changed = diff(self.canary_before, snapshot(self.canary))
+        assert not changed, "the canary beside the home changed:\n" + "\n".join(changed)
+        changed = diff(self.parent_before, snapshot(self.parent_root))
+        assert not changed, "the parent layer changed:\n" + "\n".join(changed)
         if self.check_home:
             changed = diff(self.home_before, _without_dir_times(snapshot(self.home)))
             assert not changed, "the driver home changed outside the layer:\n" + "\n".join(changed)
@@ -101,9 +109,9 @@ class Session:
             self.driver.unmount(layer)
 
     def check(self, layer: str) -> None:
-        changed = diff(self.canary_before, snapshot(self.canary))
+        changed = diff(self.canary_inodes, inodes(self.canary))
         assert not changed, "the canary beside the home changed:\n" + "\n".join(changed)
-        changed = diff(self.parent_before, snapshot(self.parent_root))
+        changed = diff(self.parent_inodes, inodes(self.parent_root))
         assert not changed, "the parent layer changed:\n" + "\n".join(changed)
         assert sorted(os.listdir(self.home.parent)) == self.siblings
         assert sorted(mounts_under(self.home)) == self.mounts_before, "a mount leaked"
