@@ -8,8 +8,8 @@
 
 The tars are split evenly over the drivers, and each driver's share into
 ``--workers`` slices (default 3: a worker mostly waits for its filesystem's journal,
-so three keep the CPU busy); every slice is a worker process under ``nice -n 19``
-with a home of its own, on a tmpfs private to the worker unless ``--disk``:
+so three keep the CPU busy); every slice is a worker process under ``nice -n 19``,
+in a mount namespace of its own, with a home of its own, on a tmpfs private to the worker unless ``--disk``:
 vfs and overlay2 in a directory there (``--loop-ext4``: on an ext4 loop filesystem
 there), btrfs on its own loop device with its image there. On a busy machine the
 flushes of the disk (or of ext4's journal on a loop device) and not the tar code
@@ -50,6 +50,12 @@ DRIVERS = ["vfs", "overlay2", "btrfs", "overlay2-naive"]   # position sets each 
 NAIVE_ENV = "GRAPHDRIVERS_OVERLAY2_NAIVE_DIFF"
 FS_SIZE = 1 << 30             # sparse loop images: cost only what is written
 RAM_SIZE = "4g"               # a limit, not an allocation
+# Every reader of /proc/self/mountinfo and every mount waits for an unmount in the
+# same namespace, and on a busy machine an unmount waits tens of ms for an RCU grace
+# period: in one namespace the workers (and the machine's other users) queue behind
+# each other's unmounts. A private one per worker lets them overlap; its mounts go
+# with it even if the worker is killed. (unshare execs: its pid is the worker's.)
+OWN_MOUNT_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: from the clock")
     parser.add_argument("--full-every", type=int, default=200)
     parser.add_argument("--workers", type=int, default=3, help="per driver, each with its home")
+    parser.add_argument("--workers-for", default="",
+                        help="per driver, e.g. overlay2=6,btrfs=5 (also on --resume: the "
+                             "indices left are split again)")
+    parser.add_argument("--layer-every", type=int, default=10,
+                        help="mount and list the layer after every tar that applied and "
+                             "every Nth refused one")
     parser.add_argument("--max-failures", type=int, default=10, help="per driver")
     parser.add_argument("--disk", action="store_true", help="homes on --dir's disk, not tmpfs")
     parser.add_argument("--loop-ext4", action="store_true",
@@ -92,12 +104,17 @@ def campaign(args: argparse.Namespace) -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         state = read_json(checkpoint)
+        for name, k in _workers_for(args.workers_for).items():
+            if name in state["drivers"]:
+                reslice(state["drivers"][name], k)
+        write_json(checkpoint, state)
     else:
         if checkpoint.exists():
             sys.exit(f"{checkpoint} exists: --resume it, or choose another --dir")
         state = new_state(args)
         write_json(checkpoint, state)
-    run = {"started": time.time(), "load": [], "ram": not args.disk, "loop_ext4": args.loop_ext4}
+    run = {"started": time.time(), "load": [], "ram": not args.disk, "loop_ext4": args.loop_ext4,
+           "layer_every": args.layer_every}
     state["runs"].append(run)
     workers = start_workers(state, run, args.dir)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,8 +143,9 @@ def new_state(args: argparse.Namespace) -> dict:
         sys.exit(f"unknown drivers {sorted(unknown)}: choose from {DRIVERS}")
     seed = args.seed if args.seed is not None else int(time.time())
     drivers = {}
+    workers_for = _workers_for(args.workers_for)
     for name, target in zip(names, _split(args.tars, len(names))):
-        bounds = _split(target, args.workers)
+        bounds = _split(target, workers_for.get(name, args.workers))
         starts = [sum(bounds[:i]) for i in range(len(bounds))]
         drivers[name] = {"seed": seed * 100 + DRIVERS.index(name), "target": target,
                          "slices": [{"start": a, "stop": a + n, "next": a, "tars": 0,
@@ -140,6 +158,30 @@ def new_state(args: argparse.Namespace) -> dict:
 def _split(total: int, parts: int) -> list[int]:
     share, extra = divmod(total, parts)
     return [share + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _workers_for(spec: str) -> dict[str, int]:
+    pairs = [item.partition("=") for item in spec.split(",") if item]
+    return {name: int(k) for name, _, k in pairs}
+
+
+def reslice(driver: dict, k: int) -> None:
+    """Split the indices a driver has left into ``k`` slices (more workers on a resume):
+    each unfinished slice is closed where it got to, its rest becomes new slices, the
+    largest cut in halves until there are ``k``."""
+    left = [(sl["next"], sl["stop"]) for sl in driver["slices"] if sl["next"] < sl["stop"]]
+    for sl in driver["slices"]:
+        sl["stop"] = sl["next"]
+    while left and len(left) < k:
+        left.sort(key=lambda r: r[1] - r[0])
+        a, b = left.pop()
+        if b - a < 2:
+            left.append((a, b))
+            break
+        left += [(a, (a + b) // 2), ((a + b) // 2, b)]
+    driver["slices"] += [{"start": a, "stop": b, "next": a, "tars": 0, "refused": 0,
+                          "failures": [], "seconds": 0.0, "cpu_seconds": 0.0}
+                         for a, b in sorted(left)]
 
 
 def slices(state: dict) -> Iterator[tuple[str, dict]]:
@@ -159,10 +201,10 @@ def start_workers(state: dict, run: dict, workdir: Path) -> dict[str, subprocess
                 "start": sl["next"], "stop": sl["stop"], "full_every": state["full_every"],
                 "max_failures": state["max_failures"] - len(sl["failures"]),
                 "inject_at": state.get("inject_at"), "dir": str(workdir), "ram": run["ram"],
-                "loop_ext4": run["loop_ext4"]}
+                "loop_ext4": run["loop_ext4"], "layer_every": run["layer_every"]}
         workers[key] = subprocess.Popen(
-            ["nice", "-n", "19", sys.executable, __file__, "--worker", json.dumps(spec)],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            [*OWN_MOUNT_NAMESPACE, "nice", "-n", "19", sys.executable, __file__, "--worker",
+             json.dumps(spec)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     return workers
 
 
@@ -197,18 +239,28 @@ def merge(total: dict, before: dict, progress: dict) -> None:
     total["failures"] = before["failures"] + progress["failures"]
 
 
+def _merged(sls: list[dict]) -> list[tuple[int, int]]:
+    """The index ranges done, adjacent ones joined."""
+    out: list[list[int]] = []
+    for a, b in sorted((sl["start"], sl["next"]) for sl in sls if sl["next"] > sl["start"]):
+        if out and out[-1][1] == a:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
 def summary(state: dict) -> str:
-    lines = [f"{'driver':15} {'tars':>9} {'refused':>9} {'failures':>8} {'tars/s':>7} "
+    lines = [f"{'driver':15} {'tars':>9} {'refused':>9} {'failures':>8} "
              f"{'cpu ms/tar':>10}  seed: indices done"]
     for name, d in state["drivers"].items():
         sls = d["slices"]
         tars = sum(sl["tars"] for sl in sls)
-        rate = sum(sl["tars"] / sl["seconds"] for sl in sls if sl["seconds"])
         cpu = 1000 * sum(sl["cpu_seconds"] for sl in sls) / tars if tars else 0.0
-        done = ", ".join(f"{sl['start']}..{sl['next']}" for sl in sls)
+        done = ", ".join(f"{a}..{b}" for a, b in _merged(sls))
         failures = [f for sl in sls for f in sl["failures"]]
         lines.append(f"{name:15} {tars:9} {sum(sl['refused'] for sl in sls):9} "
-                     f"{len(failures):8} {rate:7.1f} {cpu:10.2f}  {d['seed']}: {done} "
+                     f"{len(failures):8} {cpu:10.2f}  {d['seed']}: {done} "
                      f"of 0..{d['target']}")
         for f in failures:
             lines.append(f"    FAILED at {f['index']} ({f['tar']}): {f['error'][:300]}")
@@ -232,7 +284,7 @@ def worker(spec: dict) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # the parent forwards a SIGTERM
     workdir = Path(spec["dir"]) / "work" / spec["key"].replace("#", "-")
     rng = Range(spec["driver"], spec["seed"], spec["start"], spec["stop"], spec["full_every"],
-                spec["max_failures"], spec.get("inject_at"))
+                spec["layer_every"], spec["max_failures"], spec.get("inject_at"))
     with scratch(workdir, spec["ram"]) as base:
         progress = Campaign(rng, home_factory(spec["driver"], base, spec["loop_ext4"]),
                             Path(spec["dir"]) / "failures", report=_emit,

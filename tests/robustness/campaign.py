@@ -31,6 +31,7 @@ class Range:
     start: int
     stop: int
     full_every: int = 200         # whole-home comparison every Nth tar (and at the end)
+    layer_every: int = 1          # the layer mounted and listed after every Nth refused tar
     max_failures: int = 10
     inject_at: int | None = None  # write into the canary before this tar (proves the check)
 
@@ -74,7 +75,8 @@ class Campaign:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
         with self.new_home() as (driver, home):
-            session = Session(driver, home, full_every=self.spec.full_every)
+            session = Session(driver, home, full_every=self.spec.full_every,
+                              layer_every=self.spec.layer_every)
             try:
                 yield session
             finally:
