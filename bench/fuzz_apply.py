@@ -352,8 +352,12 @@ def replay(tar: Path, label: str, with_parent: bool, workdir: Path, ram: bool,
         session = Session(drv, home)
         try:
             replay_one(session, tar, with_parent)
+        except AssertionError as exc:
+            print(f"{tar}: FAILED on {label} (with_parent={with_parent}): {exc}")
+            return 1
         finally:
-            session.close()
+            with contextlib.suppress(Exception):    # a failed tar may leave its layer
+                session.close()
     print(f"{tar}: applied on {label} (with_parent={with_parent}), every check passed")
     return 0
 
