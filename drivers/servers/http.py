@@ -171,7 +171,9 @@ class Request:
     def send_stream(self, stream: BinaryIO, content_type: str = "application/x-tar") -> int:
         """Send ``stream`` as a chunked body. A failure midway aborts the connection
         without the final chunk, so the client sees a truncated transfer, never a
-        short but well-formed body."""
+        short but well-formed body. The stream is closed before the final chunk: what it
+        holds (a diff's mounts) is released by the time the client has read the end, so
+        a Remove sent right after the body finds the layer free."""
         self.status = 200
         h = self._handler
         h.send_response(200)
@@ -185,6 +187,7 @@ class Request:
                 if not data:
                     break
                 writer.write(data)
+            stream.close()
         except BaseException:
             h.close_connection = True
             raise
