@@ -133,13 +133,17 @@ class JournalState:
                 finally:
                     os.close(fd)
         except OSError as exc:
+            outcome = "the change was undone"
             if undo:
-                with contextlib.suppress(Exception):
+                try:
                     with self._locked():
                         self._refresh()
                         self._commit(undo)
+                except Exception:           # noqa: BLE001  (the disk that failed the flush)
+                    outcome = ("undoing it failed too: load the home again once the disk "
+                               "is healthy (what is on disk is the store's truth)")
             raise DriverError(f"the {self.WHAT} {self._log} could not be flushed to disk "
-                              f"({exc.strerror or exc}); the change was undone; the disk or "
+                              f"({exc.strerror or exc}); {outcome}; the disk or "
                               "its filesystem is failing (check the kernel log)") from exc
 
     @contextlib.contextmanager

@@ -19,64 +19,26 @@ flushes (CI: 4). Needs device-mapper's log-writes and snapshot targets (the VM).
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
 import os
-import stat
-import subprocess
-import tarfile
-from pathlib import Path
 
 import pytest
 
 import graphdrivers
 from graphdrivers.kernel import loop as loopback
-from graphdrivers.kernel import mount
 
 from . import logwrites
+from .diskstack import DISK, MB, Disk, digest_of, make_tar, require_targets
 
 POINTS = int(os.environ.get("GRAPHDRIVERS_POWERCUT_POINTS", "24"))
 BETWEEN = int(os.environ.get("GRAPHDRIVERS_POWERCUT_BETWEEN", "4"))
-DISK = 384 << 20
 LOG = 2 << 30
-MB = 1 << 20
-# devicemapper's slices of the logged disk: its home, the pool's metadata, the pool's data
-DM_SLICES = (("home", 0, 64 * MB), ("meta", 64 * MB, 32 * MB), ("data", 96 * MB, DISK - 96 * MB))
 
 
-def _tar(files: dict[str, bytes | str | None]) -> bytes:
-    """Regular files (bytes), symlinks ('->target'), hard links ('=>target'), whiteouts (None)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        dirs = sorted({str(Path(n).parent) for n in files} - {"."})
-        for d in dirs:
-            info = tarfile.TarInfo(d)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
-            tar.addfile(info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.mtime, info.mode = 1_700_000_000, 0o644
-            if data is None:
-                head, _, tail = name.rpartition("/")
-                info.name = f"{head}/.wh.{tail}" if head else f".wh.{tail}"
-                tar.addfile(info, io.BytesIO(b""))
-            elif isinstance(data, str) and data.startswith("->"):
-                info.type, info.linkname = tarfile.SYMTYPE, data[2:]
-                tar.addfile(info)
-            elif isinstance(data, str) and data.startswith("=>"):
-                info.type, info.linkname = tarfile.LNKTYPE, data[2:]
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-T1 = _tar({"etc/hostname": b"one\n", "bin/tool": os.urandom(200_000), "bin/sh": "->tool",
+T1 = make_tar({"etc/hostname": b"one\n", "bin/tool": os.urandom(200_000), "bin/sh": "->tool",
            "etc/hard": "=>etc/hostname", "etc/passwd": b"root:x:0:0::/root:/bin/sh\n"})
-T2 = _tar({"etc/hostname": b"two\n", "etc/hard": None, "usr/share/doc": os.urandom(50_000)})
-T3 = _tar({"opt/big": os.urandom(1 << 20), "opt/small": b"s\n"})
+T2 = make_tar({"etc/hostname": b"two\n", "etc/hard": None, "usr/share/doc": os.urandom(50_000)})
+T3 = make_tar({"opt/big": os.urandom(1 << 20), "opt/small": b"s\n"})
 OPS = [("create", "base", None), ("apply", "base", T1),
        ("create", "mid", "base"), ("apply", "mid", T2),
        ("create", "top", "mid"), ("apply", "top", T3),
@@ -86,91 +48,6 @@ OPS = [("create", "base", None), ("apply", "base", T1),
        ("remove", "top", None),
        ("create", "solo", None),
        ("remove", "alt", None)]
-
-
-def tree_digest(root: Path) -> dict[str, tuple]:
-    """What a layer shows: every name with its type, mode, and content hash or target."""
-    found: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISREG(st.st_mode):
-                found[rel] = ("f", st.st_mode, hashlib.sha256(path.read_bytes()).hexdigest())
-            elif stat.S_ISLNK(st.st_mode):
-                found[rel] = ("l", os.readlink(path))
-            else:
-                found[rel] = ("o", st.st_mode)
-    return found
-
-
-def digest_of(drv, layer: str) -> dict[str, tuple]:
-    root = Path(drv.mount(layer))
-    try:
-        return tree_digest(root)
-    finally:
-        drv.unmount(layer)
-
-
-def require_targets(tmp_path: Path) -> None:
-    """Skip where the kernel has no device-mapper log-writes or snapshot target."""
-    from graphdrivers.devmapper import dm
-    reason = dm.available()
-    if reason:
-        pytest.skip(f"power cuts need device-mapper: {reason}")
-    for target in ("dm-log-writes", "dm-snapshot"):
-        subprocess.run(["modprobe", target], capture_output=True)
-    missing = [t for t in ("log-writes", "snapshot") if dm.target_version(t) is None]
-    if missing:
-        pytest.skip(f"this kernel has no device-mapper {', '.join(missing)} target")
-
-
-class Disk:
-    """The devices a driver's home lives on: the filesystem(s) and its options."""
-
-    def __init__(self, driver_name: str, device: str, tmp_path: Path, tag: str):
-        self.driver_name, self.device, self.tag = driver_name, device, tag
-        self.mnt = tmp_path / f"mnt-{tag}"
-        self.slices: list[str] = []
-
-    @contextlib.contextmanager
-    def mounted(self, *, make: bool):
-        from graphdrivers.devmapper import dm
-        self.mnt.mkdir(exist_ok=True)
-        before = set(dm.list_devices())
-        fs_device = self.device
-        if self.driver_name == "devicemapper":
-            for name, start, length in DM_SLICES:
-                dm.create(f"gdpc-{self.tag}-{name}", [(0, length // 512, "linear",
-                                                       f"{self.device} {start // 512}")])
-                self.slices.append(f"gdpc-{self.tag}-{name}")
-            fs_device = dm.device_path(f"gdpc-{self.tag}-home")
-        fstype = "btrfs" if self.driver_name == "btrfs" else "ext4"
-        try:
-            if make:
-                force = "-f" if fstype == "btrfs" else "-F"
-                subprocess.run([f"mkfs.{fstype}", "-q", force, fs_device], check=True,
-                               capture_output=True)
-            mount.mount(fs_device, self.mnt, fstype, 0, None)
-            try:
-                yield self.mnt / "home", self.options()
-            finally:
-                mount.unmount_all_under(self.mnt)
-        finally:
-            from graphdrivers.devmapper.testing import teardown
-            teardown(self.mnt, keep=before)         # the pool and its thin devices
-            for name in reversed(self.slices):
-                dm.remove(name)
-            self.slices.clear()
-
-    def options(self) -> dict[str, str]:
-        if self.driver_name != "devicemapper":
-            return {}
-        from graphdrivers.devmapper import dm
-        return {"dm.datadev": dm.device_path(f"gdpc-{self.tag}-data"),
-                "dm.metadatadev": dm.device_path(f"gdpc-{self.tag}-meta"),
-                "dm.basesize": "128MB", "dm.fs": "ext4"}
 
 
 def run_workload(driver_name: str, disk: Disk, log_name: str) -> tuple[list[dict], list[tuple]]:
@@ -232,7 +109,7 @@ def check_cut(drv, log, point: int, after: list[dict]) -> str:
 
 @pytest.mark.parametrize("driver_name", ["vfs", "overlay2", "btrfs", "devicemapper"])
 def test_power_cuts(driver_name, tmp_path, monkeypatch):
-    require_targets(tmp_path)
+    require_targets("log-writes", "snapshot")
     from graphdrivers.devmapper import dm
     for name, size in (("disk", DISK), ("log", LOG), ("replay", DISK), ("cow", 256 * MB)):
         with open(tmp_path / f"{name}.img", "wb") as f:
