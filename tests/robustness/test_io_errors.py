@@ -36,7 +36,7 @@ def fail_disk(name: str, *, failing: bool, device: str) -> None:
     sectors = DISK // 512
     table = [(0, sectors, "error", "")] if failing else [(0, sectors, "linear", f"{device} 0")]
     dm.load_table(name, table)
-    dm.suspend(name)
+    dm.suspend(name, flush=False)     # no freeze: a frozen filesystem would write to it
     dm.resume(name)
 
 
