@@ -133,9 +133,10 @@ def test_power_cuts(driver_name, tmp_path, monkeypatch):
                 replay.to(point)
                 # a new boot: nothing of the live run's run directory survives a power cut
                 monkeypatch.setenv("GRAPHDRIVERS_RUN_DIR", str(tmp_path / f"run-{point}"))
-                with logwrites.scratch_view(f"gdpc-{os.getpid()}-cut", loops["replay"].path,
+                # a name per point: reusing one races udev's removal of the last node
+                with logwrites.scratch_view(f"gdpc-{os.getpid()}-cut{point}", loops["replay"].path,
                                             loops["cow"].path) as view:
-                    cut = Disk(driver_name, view, tmp_path, "cut")
+                    cut = Disk(driver_name, view, tmp_path, f"cut{point}")
                     with cut.mounted(make=False) as (home, options):
                         drv = graphdrivers.load(driver_name, home, options)
                         try:
