@@ -29,7 +29,7 @@ from graphdrivers.archive import format as tf
 from graphdrivers.archive.format import BLOCK, ZERO_BLOCK, Entry, HeaderError
 from graphdrivers.archive.input import TarInput as _Input
 from graphdrivers.archive.input import Truncated as _Truncated
-from graphdrivers.kernel.sync import syncfs
+from graphdrivers.kernel import sync
 from graphdrivers.archive.whiteout import (PLAIN, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, WhiteoutFormat,
                                _remove)
 from graphdrivers.errors import CorruptArchive, DriverError, from_os_error
@@ -591,7 +591,7 @@ def apply_tar(root: str | os.PathLike, stream: BinaryIO, *, fmt: WhiteoutFormat 
         _read_entries(inp, applier)
         applier.finish()
         inp.drain()
-        syncfs(applier.root_fd)
+        sync.syncfs(applier.root_fd)
     except _Truncated as exc:
         raise CorruptArchive(f"truncated tar at {applier.name!r}: {exc}") from None
     except HeaderError as exc:

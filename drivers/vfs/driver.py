@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 from graphdrivers import faults
 from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
-from graphdrivers.kernel.sync import syncfs
+from graphdrivers.kernel import sync
 from graphdrivers.vfs.copy import copy_tree
 from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
 from graphdrivers.driver import Driver, os_errors
@@ -212,6 +212,6 @@ def _rmtree(path: str | os.PathLike) -> None:
 def _flush_filesystem(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        syncfs(fd)
+        sync.syncfs(fd)
     finally:
         os.close(fd)
