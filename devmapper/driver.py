@@ -224,6 +224,17 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
             return
         self.devices.unmount(id, mountpoint)
 
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        # a size was given when the device is larger than the one it was snapshotted from
+        device = self.store.layer(record.id)
+        origin = self.store.base() if record.parent is None else self.store.layer(record.parent)
+        if device is None or origin is None or device.size <= origin.size:
+            return {}
+        return {"size": str(device.size)}
+
+    def space_available(self) -> int | None:
+        return self.pool_status()["data_available"]
+
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
         device = self._device(record.id)
         return {"DeviceId": str(device.device_id), "DeviceSize": str(device.size),

@@ -159,6 +159,10 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
         if self._refs.count(path):
             self._refs.decrement(path)
 
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        size = record.fields.get("size")
+        return {"size": str(size)} if size else {}
+
     def _metadata(self, record: LayerRecord) -> dict[str, Any]:
         return {"Dir": str(self._layer(record.id))}
 
