@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import pathlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from graphdrivers.driver import Driver
+from graphdrivers.changes import changes_size
+from graphdrivers.driver import Change, Driver
 from graphdrivers.errors import DriverError, InvalidOption, LayerExists
 from graphdrivers.options import format_size
 
 COPY, DONE, REDO = "copy", "done", "redo"   # redo: a half layer a kill left, removed first
+# change lists kept from the plan for the verification (saves a naive driver one tree
+# comparison per layer); past this many entries in all, they are listed again instead
+KEEP_CHANGES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,10 @@ class LayerPlan:
     options: dict[str, str]
     bytes: int                  # Docker's diff size of the layer over its parent
     state: str                  # COPY, DONE or REDO
+    changes: list[Change] | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "changes"}
 
 
 @dataclass
@@ -71,7 +79,7 @@ class MigrationPlan:
     def to_json(self) -> dict[str, Any]:
         return {"source": {"driver": self.source_driver, "home": self.source_home},
                 "target": {"driver": self.target_driver, "home": self.target_home},
-                "layers": [asdict(layer) for layer in self.layers],
+                "layers": [layer.to_json() for layer in self.layers],
                 "layers_to_copy": len(self.to_copy), "bytes_to_copy": self.bytes_to_copy,
                 "space_available": self.space_available, "room": self.room,
                 "conflicts": self.conflicts, "option_errors": self.option_errors}
@@ -99,6 +107,7 @@ def make_plan(source: Driver, target: Driver | None, target_driver: str,
     layers; then options are checked only when it is made)."""
     finished = set(done)
     layers, conflicts, option_errors = [], [], []
+    kept = 0
     for layer_id, parent, rw in parents_first(source):
         options = source.layer_options(layer_id) if keep_options else {}
         state = COPY
@@ -111,11 +120,25 @@ def make_plan(source: Driver, target: Driver | None, target_driver: str,
                 target.check_layer_options(options, rw)
             except InvalidOption as exc:
                 option_errors.append(f"layer {layer_id} {_opts(options)}: {exc}")
-        size = source.diff_size(layer_id) if state != DONE else 0
-        layers.append(LayerPlan(layer_id, parent, rw, options, size, state))
+        changes, size = _changes_and_size(source, layer_id) if state != DONE else (None, 0)
+        if changes is not None:
+            kept += len(changes)
+        layers.append(LayerPlan(layer_id, parent, rw, options, size, state,
+                                changes if kept <= KEEP_CHANGES else None))
     space = target.space_available() if target is not None else _free(target_home)
     return MigrationPlan(source.name, str(source.home), target_driver, str(target_home),
                          layers, space, conflicts, option_errors)
+
+
+def _changes_and_size(source: Driver, layer_id: str) -> tuple[list[Change], int]:
+    """The layer's changes and Docker's diff size from them (what ``diff_size`` counts),
+    from one listing of the changes."""
+    changes = source.changes(layer_id)
+    root = source.mount(layer_id)
+    try:
+        return changes, changes_size(root, changes)
+    finally:
+        source.unmount(layer_id)
 
 
 def _opts(options: dict[str, str]) -> str:

@@ -111,7 +111,7 @@ def copy_layer(source: Driver, target: Driver, layer: LayerPlan, observer: Obser
     finally:
         stream.close()
     faults.point("migrate.copy.after_apply")
-    verify_layer(source, target, layer.id)
+    verify_layer(source, target, layer.id, layer.changes)
     faults.point("migrate.copy.after_verify")
     return count
 

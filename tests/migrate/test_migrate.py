@@ -122,6 +122,17 @@ def test_verification_catches_a_difference(tmp_path):
             target.unmount("m01")
         with pytest.raises(migrate.VerificationFailed, match="hosts.*xattrs"):
             migrate.verify_layer(source, target, "m01")
+        root = target.mount("m01")
+        try:
+            os.setxattr(root / "etc/hosts", "user.comment", b"resolver file")   # the base's
+            st = os.stat(root / "layers/l01.txt")
+            with open(root / "layers/l01.txt", "r+b") as f:      # same size, same mtime
+                f.write(b"L")
+            os.utime(root / "layers/l01.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            target.unmount("m01")
+        with pytest.raises(migrate.VerificationFailed, match="l01.txt .content differs"):
+            migrate.verify_layer(source, target, "m01")
 
 
 # -- refusals and the dry run --------------------------------------------------
