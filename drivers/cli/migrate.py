@@ -118,11 +118,12 @@ def _dry_run(args, source, target_home: pathlib.Path, options, keep: bool) -> in
 
 
 class _Shown:
-    """The migration's progress on a terminal: ``layer 3/21  12 MB / 200 MB  6%  45 MB/s``."""
+    """The migration's progress on a terminal: ``layer 3/21 app  12 MB / 200 MB  6%  45 MB/s
+    4s left``. Bytes are the layers' diff sizes: a layer's tar (headers, padding) counts
+    up to its own size, and a finished layer counts as all of it."""
 
     def __enter__(self):
         self.progress: Progress | None = None
-        self.total = 0
         return self
 
     def started(self, plan) -> None:
@@ -132,16 +133,19 @@ class _Shown:
 
     def layer_started(self, index, layer) -> None:
         self.count += 1
+        self.left = layer.bytes         # what this layer may still add to the count
         if self.progress is not None:
             self.progress.label = f"layer {self.count}/{self.total} {layer.id[:12]}"
             self.progress.update(0)
 
     def copied(self, count: int) -> None:
+        step = min(count, self.left)
+        self.left -= step
         if self.progress is not None:
-            self.progress.update(count)
+            self.progress.update(step)
 
     def layer_finished(self, index, layer) -> None:
-        pass
+        self.copied(self.left)
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:

@@ -299,3 +299,28 @@ def _child(src_home: Path, dst_home: Path, point: str | None, skip: int,
         env[faults.SKIP_ENV] = str(skip)
     args = [sys.executable, CHILD, str(src_home), str(dst_home)] + (["--remove"] if remove else [])
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_target_without_room_is_refused_before_any_copy(tmp_path):
+    from graphdrivers.testing.loopfs import loop_filesystem
+    with loaded("vfs", tmp_path / "src") as (source, home, _), \
+            loop_filesystem(tmp_path, "ext4", 64 << 20, name="small") as small:
+        source.create("big")
+        with contextlib.ExitStack() as stack:
+            root = source.mount("big")
+            stack.callback(source.unmount, "big")
+            with open(root / "blob", "wb") as f:
+                f.write(os.urandom(1 << 20) * 80)
+        plan = migrate.plan(source, None, "overlay2", small / "home" / "overlay2")
+        assert plan.room is False and plan.bytes_to_copy == 80 << 20
+        out = _cli("--home", str(home), "migrate", "--to", "overlay2", "--target-home",
+                   str(small / "home"), "--dry-run")
+        assert out.returncode == 1 and "room: NO" in out.stdout
+        assert "less than the 83.89 MB to copy" in out.stderr
+        target = graphdrivers.load("overlay2", small / "home")
+        try:
+            with pytest.raises(DriverError, match="nothing was copied"):
+                migrate.migrate(source, target)
+            assert target.layers() == []
+        finally:
+            target.cleanup()
