@@ -13,6 +13,7 @@ A backend implements the storage itself in small protected hooks:
     _remove_data(id)                           delete the data (also a crash's orphans)
     _mount_data(record, label) / _unmount_data(id, record)
     _metadata(record), _data_ids(), _import_records()
+    _layer_options(record)                     the per-layer options it was made with (migrate)
     _diff/_changes/_diff_size/_apply_diff      (NaiveDiff provides them)
 
 Durability: a create or remove flushes once, the layer store's line. The data of a
