@@ -114,22 +114,26 @@ def _fresh_overlay2(area: Path, name: str):
 
 def test_migrate_to_overlay2_against_apply(area, tars, source):
     times: dict[str, list[float]] = {"apply": [], "migrate": []}
+    cpu: dict[str, list[float]] = {"apply": [], "migrate": []}   # this process's CPU: less load-bound
     summary = {}
     for r in range(ROUNDS):
         for what in ("apply", "migrate") if r % 2 == 0 else ("migrate", "apply"):
             target = _fresh_overlay2(area, f"{what}-{r}")
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             if what == "apply":
                 applied = _apply_all(target, tars)
             else:
                 summary = migrate.migrate(source, target)
             times[what].append(time.perf_counter() - start)
+            cpu[what].append(time.process_time() - start_cpu)
             target.cleanup()
             shutil.rmtree(area / f"{what}-{r}", ignore_errors=True)
     assert summary["copied"] == SMALL + 1 and summary["bytes"] == applied
     medians = {k: statistics.median(v) for k, v in times.items()}
+    cpu_medians = {k: statistics.median(v) for k, v in cpu.items()}
     result = {"layers": SMALL + 1, "bytes": applied, "rounds": ROUNDS, "seconds": times,
               "median_s": medians, "ratio": medians["migrate"] / medians["apply"],
+              "cpu_s": cpu, "cpu_ratio": cpu_medians["migrate"] / cpu_medians["apply"],
               "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     CACHE.mkdir(parents=True, exist_ok=True)
     out = CACHE / "migrate-results.json"
@@ -138,4 +142,5 @@ def test_migrate_to_overlay2_against_apply(area, tars, source):
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nmigrate {source.name}->overlay2 of minbase + {SMALL} layers ({applied / 1e6:.0f} MB): "
           f"apply {medians['apply']:.3f} s, migrate {medians['migrate']:.3f} s, "
-          f"ratio {result['ratio']:.2f} ({result['uptime']})")
+          f"ratio {result['ratio']:.2f}; CPU {cpu_medians['apply']:.3f} s / "
+          f"{cpu_medians['migrate']:.3f} s, ratio {result['cpu_ratio']:.2f} ({result['uptime']})")
