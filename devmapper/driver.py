@@ -29,7 +29,7 @@ import pathlib
 import shutil
 from typing import Any, Callable, Iterable, Mapping
 
-from graphdrivers.capabilities import PoolAdmin
+from graphdrivers.capabilities import DiffFromChanges, PoolAdmin
 from graphdrivers.driver import Driver
 from graphdrivers.errors import DriverError, InvalidOption, LayerInUse, LayerNotFound, NotSupported
 from graphdrivers.layerid import is_valid_id
@@ -50,7 +50,7 @@ from .transaction import TransactionLog
 log = logging.getLogger(__name__)
 
 
-class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
+class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, Driver):
     name = "devicemapper"
     OPTIONS = OPTIONS
     RESIZE_OPTIONS = {"dm.loopdatasize": "data_size", "dm.loopmetadatasize": "metadata_size"}

@@ -7,6 +7,7 @@ import time
 from typing import Any, BinaryIO
 
 from graphdrivers import faults
+from graphdrivers.capabilities import DiffFromChanges
 from graphdrivers.driver import Driver
 from graphdrivers.errors import DriverError
 from graphdrivers.migrate.plan import DONE, REDO, LayerPlan, MigrationPlan, make_plan
@@ -105,7 +106,10 @@ def copy_layer(source: Driver, target: Driver, layer: LayerPlan, observer: Obser
     """Create the layer in the target, apply the source's diff, verify; bytes applied."""
     target.create(layer.id, layer.parent, rw=layer.rw, storage_opt=layer.options or None)
     faults.point("migrate.copy.after_create")
-    stream = source.diff(layer.id)
+    if isinstance(source, DiffFromChanges) and layer.parent is not None and layer.changes:
+        stream = source.diff_from_changes(layer.id, layer.changes)   # no second comparison
+    else:
+        stream = source.diff(layer.id)
     try:
         count = target.apply_diff(layer.id, layer.parent, _Counted(stream, observer))
     finally:

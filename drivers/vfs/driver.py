@@ -27,7 +27,7 @@ from graphdrivers import faults
 from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
 from graphdrivers.vfs.copy import copy_tree
-from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
+from graphdrivers.capabilities import DiffFromChanges, LayerMounts, MountSpec, Usage
 from graphdrivers.driver import Driver, os_errors
 from graphdrivers.errors import InvalidOption
 from graphdrivers.layerid import check_id, is_valid_id
@@ -46,7 +46,7 @@ faults.register(
     "vfs.create.after_rename",
     "vfs.remove.after_rename")
 
-class VfsDriver(NaiveDiff, LayerMounts, Driver):
+class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
     name = "vfs"
     OPTIONS: Mapping[str, Option] = {}
     LAYER_OPTIONS: Mapping[str, Option] = {

@@ -324,3 +324,16 @@ def test_a_target_without_room_is_refused_before_any_copy(tmp_path):
             assert target.layers() == []
         finally:
             target.cleanup()
+
+
+def test_diff_from_changes_is_the_drivers_own_diff(tmp_path):
+    """vfs declares DiffFromChanges: migrate hands it the change list it listed for the
+    plan; the tar must be the one diff() makes."""
+    from graphdrivers.capabilities import DiffFromChanges
+    with loaded("vfs", tmp_path / "src") as (source, _, _):
+        ids = build_chain(source, 11)
+        assert isinstance(source, DiffFromChanges)
+        for layer_id in ids[1:]:
+            with source.diff(layer_id) as a, \
+                    source.diff_from_changes(layer_id, source.changes(layer_id)) as b:
+                assert a.read() == b.read(), layer_id
