@@ -68,6 +68,7 @@ class ProgressRecord:
         self.save()
 
     def finish(self, layer_id: str) -> None:
-        self.done.append(layer_id)
+        if layer_id not in self.done:
+            self.done.append(layer_id)
         self.current = None
         self.save()

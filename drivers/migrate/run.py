@@ -18,6 +18,9 @@ POINTS = faults.register("migrate", "migrate.copy.after_create", "migrate.copy.a
                          "migrate.copy.after_verify", "migrate.remove_source.after_first")
 
 
+LOCK = "_migrate"      # not a layer id: no layer's lock is this one
+
+
 class Observer:
     """What a migration reports as it goes (the CLI draws it); every method optional."""
 
@@ -71,8 +74,15 @@ def plan(source: Driver, target: Driver | None, target_driver: str,
 def migrate(source: Driver, target: Driver, *, remove_source: bool = False,
             keep_options: bool = True, observer: Observer | None = None) -> dict[str, Any]:
     """Copy every layer of ``source`` into ``target``, parents first, each verified;
-    resume a migration a kill interrupted; return a summary."""
-    observer = observer or Observer()
+    resume a migration a kill interrupted; return a summary. A second migration into
+    the same target waits for the first (a flock in the target's run directory, gone
+    with its process), then finds its layers done."""
+    with target.home_run.locked(LOCK):
+        return _migrate(source, target, remove_source, keep_options, observer or Observer())
+
+
+def _migrate(source: Driver, target: Driver, remove_source: bool, keep_options: bool,
+             observer: Observer) -> dict[str, Any]:
     home = pathlib.Path(target.home)
     started = time.monotonic()
     the_plan = plan(source, target, target.name, home, keep_options=keep_options)

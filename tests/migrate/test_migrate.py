@@ -337,3 +337,17 @@ def test_diff_from_changes_is_the_drivers_own_diff(tmp_path):
             with source.diff(layer_id) as a, \
                     source.diff_from_changes(layer_id, source.changes(layer_id)) as b:
                 assert a.read() == b.read(), layer_id
+
+
+def test_two_migrations_at_once_into_one_target(tmp_path):
+    with loaded("vfs", tmp_path / "src") as (source, src_home, _), \
+            loaded("overlay2", tmp_path / "dst") as (target, dst_home, _):
+        ids = build_chain(source, 6)
+        runs = [subprocess.Popen([sys.executable, CHILD, str(src_home), str(dst_home)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+        results = [run.communicate(timeout=300) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], results
+        copied = sorted(json.loads(out)["copied"] for out, _ in results)
+        assert copied == [0, len(ids)]          # the second waited, then found all done
+        assert_same_layers(source, target, ids)
