@@ -250,6 +250,10 @@ class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
             ("Diff", "native (btrfs generations)" if self.native_diff else "naive (tree walk)"),
         ]
 
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        size = record.fields.get("size")
+        return {"size": str(size)} if size else {}
+
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
         path = self._dir(record.id)
         meta = {"Path": str(path), "SubvolumeId": str(subvol.subvolume_id(path))}

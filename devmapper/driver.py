@@ -29,7 +29,7 @@ import pathlib
 import shutil
 from typing import Any, Callable, Iterable, Mapping
 
-from graphdrivers.capabilities import PoolAdmin
+from graphdrivers.capabilities import DiffFromChanges, PoolAdmin
 from graphdrivers.driver import Driver
 from graphdrivers.errors import DriverError, InvalidOption, LayerInUse, LayerNotFound, NotSupported
 from graphdrivers.layerid import is_valid_id
@@ -50,7 +50,7 @@ from .transaction import TransactionLog
 log = logging.getLogger(__name__)
 
 
-class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
+class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, Driver):
     name = "devicemapper"
     OPTIONS = OPTIONS
     RESIZE_OPTIONS = {"dm.loopdatasize": "data_size", "dm.loopmetadatasize": "metadata_size"}
@@ -223,6 +223,17 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
         if self._refs.decrement(str(mountpoint)) > 0 or self._refs.others(str(mountpoint)):
             return
         self.devices.unmount(id, mountpoint)
+
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        # a size was given when the device is larger than the one it was snapshotted from
+        device = self.store.layer(record.id)
+        origin = self.store.base() if record.parent is None else self.store.layer(record.parent)
+        if device is None or origin is None or device.size <= origin.size:
+            return {}
+        return {"size": str(device.size)}
+
+    def space_available(self) -> int | None:
+        return self.pool_status()["data_available"]
 
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
         device = self._device(record.id)

@@ -13,6 +13,7 @@ A backend implements the storage itself in small protected hooks:
     _remove_data(id)                           delete the data (also a crash's orphans)
     _mount_data(record, label) / _unmount_data(id, record)
     _metadata(record), _data_ids(), _import_records()
+    _layer_options(record)                     the per-layer options it was made with (migrate)
     _diff/_changes/_diff_size/_apply_diff      (NaiveDiff provides them)
 
 Durability: a create or remove flushes once, the layer store's line. The data of a
@@ -232,6 +233,23 @@ class Driver(abc.ABC):
         with self.home_run.one_look():
             return [self.info(layer_id) for layer_id in self.layers()]
 
+    def layer_options(self, id: str) -> dict[str, str]:
+        """The per-layer storage options that make a layer like this one again (a size
+        limit given at its create, in this driver's spelling); {} when it took none.
+        ``graphdrivers migrate`` passes them to the target driver's create."""
+        return self._layer_options(self._record(check_id(id)))
+
+    def check_layer_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> None:
+        """Raise InvalidOption when ``create`` would refuse these per-layer options."""
+        self._create_options(storage_opt, rw)
+
+    def space_available(self) -> int | None:
+        """Bytes new layer data can still take (None: unknown); the home's filesystem,
+        unless the backend stores layers elsewhere (a thin pool)."""
+        with os_errors(f"measure the free space of {self.home}"):
+            st = os.statvfs(self.home)
+        return st.f_bavail * st.f_frsize
+
     def metadata(self, id: str) -> dict[str, str]:
         record = self._record(check_id(id))
         with os_errors(f"read the metadata of layer {id}"):
@@ -313,6 +331,10 @@ class Driver(abc.ABC):
         raise NotImplementedError
 
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
+        return {}
+
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        """The per-layer options ``create`` took for this layer (see layer_options)."""
         return {}
 
     def _data_ids(self) -> Iterable[str]:

@@ -502,6 +502,10 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
         ]
         return rows
 
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        size = record.fields.get("size")
+        return {"size": str(size)} if size else {}
+
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
         layer = self._path(record.id)
         meta = {"WorkDir": str(layer / "work"), "MergedDir": str(layer / "merged"),

@@ -3,7 +3,7 @@
 argparse (stdlib) rather than click or typer: no dependency to install next
 to a storage daemon, nested subcommands (``layer create``) are built in, and
 its import is cheap, so ``graphdrivers --help`` starts in tens of
-milliseconds. Command groups live in layer.py and pool.py, their shared helpers in common.py; every
+milliseconds. Command groups live in layer.py, pool.py and migrate.py, their shared helpers in common.py; every
 heavy import (stevedore, a driver, the plugin server) happens inside the
 command that needs it.
 
@@ -109,6 +109,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from graphdrivers.cli import layer as cli_layer
+    from graphdrivers.cli import migrate as cli_migrate
     from graphdrivers.cli import pool as cli_pool
 
     parser = argparse.ArgumentParser(
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_layer.add_commands(commands, common)
     cli_pool.add_commands(commands, common)
+    cli_migrate.add_commands(commands, common)
 
     p = commands.add_parser("serve", parents=[common],
                             help="serve Docker's graph driver plugin protocol on a unix socket")

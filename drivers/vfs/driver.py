@@ -28,7 +28,7 @@ from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
 from graphdrivers.kernel import sync
 from graphdrivers.vfs.copy import copy_tree
-from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
+from graphdrivers.capabilities import DiffFromChanges, LayerMounts, MountSpec, Usage
 from graphdrivers.driver import Driver, os_errors
 from graphdrivers.errors import InvalidOption
 from graphdrivers.layerid import check_id, is_valid_id
@@ -47,7 +47,7 @@ faults.register(
     "vfs.create.after_rename",
     "vfs.remove.after_rename")
 
-class VfsDriver(NaiveDiff, LayerMounts, Driver):
+class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
     name = "vfs"
     OPTIONS: Mapping[str, Option] = {}
     LAYER_OPTIONS: Mapping[str, Option] = {
@@ -164,6 +164,10 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
         path = f"{self._dir_s}/{id}"
         if self._refs.count(path):
             self._refs.decrement(path)
+
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        size = record.fields.get("size")
+        return {"size": str(size)} if size else {}
 
     def _metadata(self, record: LayerRecord) -> dict[str, Any]:
         return {"Dir": str(self._layer(record.id))}
