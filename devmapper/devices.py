@@ -38,6 +38,10 @@ Locks, and the one order they are taken in
    that serialises every change of the pool (message + transaction record,
    resize) across threads and processes.
 
+The deletion queue's drainer (``ThinDevices.drain``: a thread lock, then the
+``deleting.lock`` flock, non-blocking across processes) is taken before 2 and 3
+and never while holding either, nor any id lock.
+
 Always 1 → 2 → 3, any prefix allowed, never backwards: nothing holding the pool
 lock takes the RLock, and nothing holding either takes an id lock. The layer
 store's home flock is taken inside single store calls only, under 1 and never
