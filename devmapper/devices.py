@@ -83,6 +83,12 @@ class ThinDevices:
     deferred_delete_period = 30.0     # seconds between retries of busy deletions
     drain_timeout = 60.0              # seconds cleanup() and load() spend on the queue
     batch_size = 32                   # queued devices deleted in one pool transaction
+    # removes come in bursts (an image's layers): the worker starts once none was queued
+    # for settle_delay seconds, or max_delay after the first, so that its discards (kernel
+    # work, and hole punches whose journal commits the callers' flushes wait for) do not
+    # run under the burst, and its batches hold more devices
+    settle_delay = 0.5
+    max_delay = 5.0
 
     def __init__(self, home: pathlib.Path, cfg: Config,
                  others_use_pool: Callable[[], bool] = lambda: False) -> None:
@@ -94,6 +100,7 @@ class ThinDevices:
         self._active: dict[str, str] = {}  # dm devices this instance activated: name -> layer
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._last_queued = 0.0                     # time.monotonic() of the last park
         self._drain_lock = threading.Lock()         # one drainer per process...
         self._drain_flock = home / "deleting.lock"  # ...and per home
         self._worker: threading.Thread | None = None
@@ -301,6 +308,7 @@ class ThinDevices:
                 self._deactivate(record.layer, deferred=self.deferred_deletion)
                 self.store.park(record)
                 faults.point("devmapper.remove.after_park")
+                self._last_queued = time.monotonic()
                 self._wake.set()
                 return False
             if not record.deleted:
@@ -379,6 +387,7 @@ class ThinDevices:
                 if not held:
                     return
                 seen: set[int] = set()
+                live = self.store.live_device_ids()
                 while ((deadline is None or time.monotonic() < deadline)
                        and not (stop is not None and stop.is_set())):
                     batch = [r for r in self.store.deleted() if r.device_id not in seen]
@@ -386,7 +395,12 @@ class ThinDevices:
                         return
                     batch = batch[:self.batch_size]
                     seen.update(r.device_id for r in batch)
-                    ready = [r for r in batch if self._discard_queued(r)]
+                    for record in [r for r in batch if r.device_id in live]:
+                        # neither discarded nor deleted: its blocks are a live layer's
+                        log.error("devicemapper: queued device %d is also in a live record; "
+                                  "left alone", record.device_id)
+                    ready = [r for r in batch
+                             if r.device_id not in live and self._discard_queued(r)]
                     if ready:
                         self._delete_queued(ready)
         finally:
@@ -457,10 +471,21 @@ class ThinDevices:
             for device_id in gone:
                 self.alloc.free(device_id)
 
+    def _settle(self) -> None:
+        """Wait for a pause in the removes (settle_delay), at most max_delay."""
+        start = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            idle = now - self._last_queued
+            if idle >= self.settle_delay or now - start >= self.max_delay:
+                return
+            self._stop.wait(min(self.settle_delay - idle, start + self.max_delay - now))
+
     def _deletion_worker(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.deferred_delete_period)
             self._wake.clear()
+            self._settle()
             if self._stop.is_set():
                 return
             try:
