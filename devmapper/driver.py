@@ -27,6 +27,7 @@ import logging
 import os
 import pathlib
 import shutil
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 from graphdrivers.capabilities import DiffFromChanges, PoolAdmin
@@ -79,6 +80,7 @@ class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, 
             self.mnt = self.devices.mnt
             self._lock = self.devices.lock   # lock 2 of the order in devices.py
             self._open_store()               # after the pool's own transaction is resolved
+            self.devices.start_worker()      # after the orphan pass queued the orphans
         except BaseException:
             self._closed = True
             if hasattr(self, "devices"):
@@ -273,7 +275,8 @@ class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, 
                                       extend_metadata=extend_metadata)
 
     def cleanup_deleted(self) -> int:
-        """Retry the deletion of devices that were busy; returns how many are still pending."""
+        """Discard and delete the queued devices of removed layers now (those that are not
+        busy); returns how many are still pending."""
         return self.devices.cleanup_deleted()
 
     # -- shutdown ---------------------------------------------------------
@@ -307,6 +310,8 @@ class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, 
                         self.devices.deactivate(layer, deferred=self.deferred_removal)
                     except OSError as exc:   # open elsewhere, without deferred removal
                         log.warning("devicemapper: deactivating the device of %s: %s", layer, exc)
+        # the queued deletions, bounded (what is left, the next load finishes)
+        self.devices.drain(time.monotonic() + self.devices.drain_timeout)
         with self.devices.lock:
             self.devices.close()
             self.home_run.set_hold(self._pool_hold, 0)
