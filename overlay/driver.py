@@ -443,6 +443,29 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
         if not self._refs.others(str(merged)):   # another live process still uses it
             self._drop_mount(merged)
 
+    # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
+    def check_findings(self) -> list:
+        from . import check
+        return check.findings(self)
+
+    def _quarantine_data(self, id: str, dest: Path) -> None:
+        layer = self._path(id)
+        if not os.path.lexists(layer):
+            return
+        if (layer / "merged").exists():
+            self._drop_mount(layer / "merged")     # a stale mount: nobody holds it (_busy)
+        short = read_text(layer / "link")
+        os.rename(layer, dest)
+        if short:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.home / LINK_DIR / short)
+
+    def _mount_layer(self, mountpoint: str) -> str | None:
+        parent, name = os.path.split(mountpoint)
+        if name == "merged" and os.path.dirname(parent) == str(self.home):
+            return layer_id_of(os.path.basename(parent))
+        return None
+
     # -- LayerMounts (capabilities.py) -------------------------------------------
     def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
         """Writable: an overlay of the parents under the layer's own upper dir (a bind of
