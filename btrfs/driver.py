@@ -219,6 +219,20 @@ class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
     def _unmount_data(self, id: str, record: LayerRecord | None) -> None:
         self._refs.decrement(str(self._dir(id)))
 
+    # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
+    def check_findings(self) -> list:
+        from . import check
+        return check.findings(self)
+
+    def _quarantine_data(self, id: str, dest: pathlib.Path) -> None:
+        """A subvolume moves by rename like a directory (same filesystem); its qgroup
+        and limit go with it."""
+        path = self._dir(id)
+        if os.path.lexists(path):
+            os.rename(path, dest)
+        self._quota_file(id).unlink(missing_ok=True)
+        self._refs.forget(str(path))
+
     # -- LayerMounts (capabilities.py) -------------------------------------------
     def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
         self._record(check_id(id))

@@ -36,10 +36,13 @@ def findings(driver: Overlay2Driver) -> list[Finding]:
     links = f"{home}/{LINK_DIR}"
     records = driver.layer_store.records()
     owner = {r.fields.get("link"): r for r in records if r.fields.get("link")}
+    recorded = {dir_name(r.id) for r in records}
     found = []
     for entry in os.scandir(links):
         record = owner.get(entry.name)
         if record is None:
+            if _orphan_layer_link(home, entry.path, recorded):
+                continue                   # the framework reports that layer's data
             found.append(Finding(DATA_WITHOUT_LAYER, entry.path,
                                  "a short link that no layer record names",
                                  "delete the link", lambda p=entry.path: _unlink(p)))
@@ -83,6 +86,16 @@ def findings(driver: Overlay2Driver) -> list[Finding]:
                                  "a file where only layer directories belong",
                                  "delete it", lambda p=entry.path: _unlink(p)))
     return found
+
+
+def _orphan_layer_link(home: str, link: str, recorded: set[str]) -> bool:
+    """Whether ``link`` points at the diff of a layer directory that exists but has no
+    record (its removal as data without a layer takes the link with it)."""
+    with contextlib.suppress(OSError):
+        parts = os.readlink(link).split("/")
+        return len(parts) == 3 and parts[0] == ".." and parts[2] == "diff" and \
+            parts[1] not in recorded and os.path.isdir(f"{home}/{parts[1]}")
+    return False
 
 
 def _unlink(path: str) -> None:

@@ -82,7 +82,9 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
             yield legacy_record(self.home, layer_id)
 
     def _data_ids(self) -> list[str]:
-        return [e.name for e in os.scandir(self._dir) if is_valid_id(e.name)]
+        # directories only: a file with a layer's name is no layer's data (check reports it)
+        return [e.name for e in os.scandir(self._dir)
+                if is_valid_id(e.name) and e.is_dir(follow_symlinks=False)]
 
     # -- paths ---------------------------------------------------------------
     def _layer(self, id: str) -> pathlib.Path:
