@@ -50,9 +50,9 @@ def records(driver: Driver) -> list[Finding]:
     for record in by_id.values():
         problem = _chain_problem(record.id, by_id)
         if problem:
-            found.append(_damaged(driver, BROKEN_PARENT, record.id, problem))
+            found.append(damaged(driver, BROKEN_PARENT, record.id, problem))
         elif not driver._data_present(record):
-            found.append(_damaged(driver, LAYER_WITHOUT_DATA, record.id,
+            found.append(damaged(driver, LAYER_WITHOUT_DATA, record.id,
                                   "the layer is recorded but its data is missing"))
     return found
 
@@ -100,7 +100,7 @@ def abandoned(driver: Driver) -> list[Finding]:
     found = []
     for layer_id in driver.home_run.abandoned():
         if driver.layer_store.exists(layer_id):
-            found.append(_damaged(driver, HALF_MADE, layer_id,
+            found.append(damaged(driver, HALF_MADE, layer_id,
                                   "an apply_diff into it was cut short (its process died): "
                                   "its content is half applied"))
         else:
@@ -111,7 +111,7 @@ def abandoned(driver: Driver) -> list[Finding]:
     return found
 
 
-def _damaged(driver: Driver, kind: str, layer_id: str, detail: str) -> Finding:
+def damaged(driver: Driver, kind: str, layer_id: str, detail: str) -> Finding:
     """A finding whose repair quarantines the layer and everything built on it."""
     tree = subtree(driver, layer_id)
     if tree is None:
