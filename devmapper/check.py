@@ -48,6 +48,15 @@ def findings(driver: DeviceMapperDriver) -> list[Finding]:
         store = driver.store
         pool_txn = driver.pool.transaction_id()
         quarantined = _quarantined_ids(driver)
+        highest = max((r.transaction_id for r in store.layers()), default=0)
+        base = store.base()
+        highest = max(highest, base.transaction_id if base else 0)
+        if pool_txn < highest:
+            found.append(Finding(POOL_TRANSACTION, driver.pool.name,
+                                 f"the pool's transaction id is {pool_txn}, behind the {highest} "
+                                 "a device record names (its metadata was rolled back?)",
+                                 f"set it to {highest}",
+                                 lambda new=highest: _set_txn(driver, new)))
         layers = {r.id: r for r in driver.layer_store.records()}
         for layer_id, record in layers.items():
             if record.parent is not None and record.parent not in layers:
@@ -76,15 +85,6 @@ def findings(driver: DeviceMapperDriver) -> list[Finding]:
                                      f"thin device {device_id} is in the pool and in no record",
                                      "delete it from the pool (in a pool transaction)",
                                      lambda i=device_id: _delete_orphan(driver, i)))
-        highest = max((r.transaction_id for r in store.layers()), default=0)
-        base = store.base()
-        highest = max(highest, base.transaction_id if base else 0)
-        if pool_txn < highest:
-            found.append(Finding(POOL_TRANSACTION, driver.pool.name,
-                                 f"the pool's transaction id is {pool_txn}, behind the {highest} "
-                                 "a device record names (its metadata was rolled back?)",
-                                 f"set it to {highest}",
-                                 lambda old=pool_txn, new=highest: _set_txn(driver, old, new)))
     found += _idle_devices(driver, layers)
     return found
 
@@ -137,10 +137,14 @@ def _delete_orphan(driver: DeviceMapperDriver, device_id: int) -> None:
         devices.alloc.free(device_id)
 
 
-def _set_txn(driver: DeviceMapperDriver, old: int, new: int) -> None:
+def _set_txn(driver: DeviceMapperDriver, new: int) -> None:
+    """First of the repairs (the others' pool transactions build on it); the pool's id
+    is read again under the pool lock: only forward, never back."""
     with driver.devices.changing_pool():
-        driver.pool.set_transaction_id(old, new)
-        driver.txn.current = new
+        old = driver.pool.transaction_id()
+        if old < new:
+            driver.pool.set_transaction_id(old, new)
+            driver.txn.current = new
 
 
 # -- active devices -------------------------------------------------------------------
