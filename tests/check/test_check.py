@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,59 @@ def leak_target(drv, layer: str) -> Path:
 def _rmtree(path: Path) -> None:
     import shutil
     shutil.rmtree(path)
+
+
+# -- live work is not damage ------------------------------------------------------------
+LIVE_CHILD = str(Path(__file__).with_name("live_child.py"))
+
+
+def _live(driver_name, home_and_options, *args) -> subprocess.Popen:
+    home, options = home_and_options
+    child = subprocess.Popen([sys.executable, LIVE_CHILD, driver_name, str(home),
+                              json.dumps(options), *args],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout.readline() == b"ready\n"
+    return child
+
+
+def test_a_live_process_s_mount_is_not_leaked_until_it_dies(built, driver_name,
+                                                            home_and_options):
+    child = _live(driver_name, home_and_options, "mount", "leaf")
+    try:
+        assert check.inspect(built) == []
+        assert cli(home_and_options[0], driver_name, "--repair").returncode == 0
+        assert "leaf" in built.layers()
+    finally:
+        child.kill()
+        child.wait()
+    leaked = kinds(check.inspect(built))
+    if driver_name in ("overlay2", "devicemapper"):     # the others mount nothing
+        assert [k for k, _ in leaked] == [F.LEAKED_MOUNT]
+        check.repair(built)
+    assert check.inspect(built) == []
+
+
+def test_an_apply_in_flight_is_not_half_made_until_its_process_dies(built, driver_name,
+                                                                   home_and_options):
+    from robustness.layers import make_tar
+    before = hashes(built)
+    built.create("victim", "child")
+    tar = make_tar({f"f{i:03}": bytes([i]) * 65536 for i in range(40)})
+    child = _live(driver_name, home_and_options, "apply", "victim", "child")
+    try:
+        child.stdin.write(tar[:len(tar) // 2])
+        child.stdin.flush()
+        mark = Path(built.home_run.dir) / "inflight" / "victim"
+        for _ in range(600):                # the child is inside apply_diff once it is there
+            if mark.exists():
+                break
+            time.sleep(0.05)
+        assert mark.exists()
+        assert check.inspect(built) == []     # its process lives: work in progress
+    finally:
+        child.kill()
+        child.wait()
+    assert (F.HALF_MADE, "victim") in kinds(check.inspect(built))
+    check.repair(built)
+    assert check.inspect(built) == []
+    assert hashes(built) == before
