@@ -24,7 +24,7 @@ import os
 import pathlib
 import shutil
 import threading
-from typing import BinaryIO, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Mapping
 
 from graphdrivers import faults
 from graphdrivers.kernel import statfs as fsinfo
@@ -42,6 +42,9 @@ from graphdrivers.store.refcount import RefCounter
 from graphdrivers.usage import paths_usage, tree_usage
 
 from . import quota, subvol
+
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
 
 faults.register(
     "btrfs",
@@ -220,7 +223,7 @@ class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
         self._refs.decrement(str(self._dir(id)))
 
     # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
-    def check_findings(self) -> list:
+    def check_findings(self) -> list[Finding]:
         from . import check
         return check.findings(self)
 

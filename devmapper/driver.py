@@ -27,7 +27,7 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from graphdrivers.capabilities import PoolAdmin
 from graphdrivers.driver import Driver
@@ -47,6 +47,9 @@ from .external import ExternalMounts
 from .metadata import DeviceRecord, MetadataStore
 from .pool import Pool
 from .transaction import TransactionLog
+
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +270,7 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
         return self.devices.cleanup_deleted()
 
     # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
-    def check_findings(self) -> list:
+    def check_findings(self) -> list[Finding]:
         from . import check
         return check.findings(self)
 

@@ -30,7 +30,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Mapping
 
 from graphdrivers import faults
 from graphdrivers.kernel import statfs as fsinfo
@@ -54,6 +54,9 @@ from .apply import MERGED, UpperDir
 from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name, read_lowers,
                      read_text)
 from .whiteout import OVERLAY
+
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
 
 faults.register(
     "overlay2",
@@ -444,7 +447,7 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
             self._drop_mount(merged)
 
     # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
-    def check_findings(self) -> list:
+    def check_findings(self) -> list[Finding]:
         from . import check
         return check.findings(self)
 

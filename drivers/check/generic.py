@@ -30,7 +30,10 @@ def inspect(driver: Driver) -> list[Finding]:
 
 # -- what the load before the inspection did ------------------------------------
 def recovered_at_load(driver: Driver) -> list[Finding]:
+    """What the driver's load had to clear, reported once (the next inspection of the
+    same instance does not repeat it)."""
     done = getattr(driver, "load_recovery", {})
+    driver.load_recovery = {"removed": [], "rebuilt": []}
     found = [Finding(RECOVERED, i, "data without a layer record (a create or remove cut "
                      "short by a crash)", "deleted by load's recovery", state=FIXED_AT_LOAD)
              for i in done.get("removed", ())]
@@ -192,7 +195,8 @@ def leaked_loops(driver: Driver) -> list[Finding]:
     """Loop devices backed by a file under the home that nothing uses: no holder in
     sysfs (a device-mapper table, say) and not mounted."""
     home = os.path.realpath(driver.home).rstrip("/") + "/"
-    mounted = {m.source for m in mount.mountinfo()} | {m.major_minor for m in mount.mountinfo()}
+    table = mount.mountinfo()
+    mounted = {m.source for m in table} | {m.major_minor for m in table}
     found = []
     for entry in sorted(glob.glob("/sys/block/loop*/loop/backing_file")):
         name = entry.split("/")[3]

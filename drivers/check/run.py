@@ -28,10 +28,9 @@ def repair(driver: Driver) -> list[Finding]:
     """Repair what can be repaired; return what was done and what is left."""
     report: list[Finding] = []
     tried: set[tuple[str, str]] = set()
-    for round in range(ROUNDS):
+    for _ in range(ROUNDS):
         findings = inspect(driver)
-        if round == 0:
-            report += [f for f in findings if f.state != FOUND]     # load's own fixes
+        report += [f for f in findings if f.state != FOUND]     # load's own fixes (once)
         todo = [f for f in findings
                 if f.state == FOUND and f.action is not None and f.key not in tried]
         if not todo:
