@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 from typing import TYPE_CHECKING, Iterator
@@ -39,6 +40,7 @@ LEAKED_DEVICE = "leaked-dm-device"
 POOL_TRANSACTION = "pool-transaction-id"
 _SLACK = 64          # ids probed past the allocator's hint
 _PROBE_SECTORS = 8
+_probes = itertools.count()
 
 
 def findings(driver: DeviceMapperDriver) -> list[Finding]:
@@ -104,7 +106,8 @@ def _exists(driver: DeviceMapperDriver, device: DeviceRecord) -> bool:
 def _probe(driver: DeviceMapperDriver, device_id: int) -> bool:
     """Whether the pool has thin device ``device_id``: activate it under a name of our
     own and take it down again (the kernel refuses an unknown id with ENODATA)."""
-    name = f"{driver.devices.prefix}-check-{os.getpid()}"
+    # a new name each time: udev may still be making or dropping the last probe's node
+    name = f"{driver.devices.prefix}-check-{os.getpid()}-{next(_probes)}"
     try:
         dm.create(name, thin_table(driver.pool.majmin(), device_id, _PROBE_SECTORS))
     except OSError as exc:
