@@ -28,7 +28,7 @@ import os
 import pathlib
 import shutil
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from graphdrivers.capabilities import DiffFromChanges, PoolAdmin
 from graphdrivers.driver import Driver
@@ -37,6 +37,7 @@ from graphdrivers.layerid import is_valid_id
 from graphdrivers.kernel.mount import MNT_DETACH, is_mountpoint, umount
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import format_size, parse_options
+from graphdrivers.store.atomicfile import fsync_dir, write_json
 from graphdrivers.store.layers import LayerRecord
 from graphdrivers.store.refcount import RefCounter
 
@@ -47,6 +48,9 @@ from .external import ExternalMounts
 from .metadata import DeviceRecord, MetadataStore
 from .pool import Pool
 from .transaction import TransactionLog
+
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +282,32 @@ class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, 
         """Discard and delete the queued devices of removed layers now (those that are not
         busy); returns how many are still pending."""
         return self.devices.cleanup_deleted()
+
+    # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
+    def check_findings(self) -> list[Finding]:
+        from . import check
+        return check.findings(self)
+
+    def _quarantine_data(self, id: str, dest: pathlib.Path) -> None:
+        """The device record goes into the quarantine (the thin device stays in the pool
+        under its id, which check then leaves alone); the device is deactivated."""
+        with self._lock:
+            record = self.store.layer(id)
+            if record is None:
+                return
+            mountpoint = self.mnt / id
+            if is_mountpoint(mountpoint):
+                umount(mountpoint, MNT_DETACH)     # stale: nobody holds it (_busy)
+            self.devices.deactivate(id)
+            write_json(dest, record.to_json())
+            self.store.remove(record)
+            fsync_dir(self.store.layers_dir)    # else the record may come back, an orphan
+            with contextlib.suppress(OSError):
+                os.rmdir(mountpoint)
+
+    def _mount_layer(self, mountpoint: str) -> str | None:
+        parent, name = os.path.split(mountpoint)
+        return name if parent == str(self.mnt) and is_valid_id(name) else None
 
     # -- shutdown ---------------------------------------------------------
     def release(self) -> None:

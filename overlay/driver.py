@@ -30,7 +30,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Mapping
 
 from graphdrivers import faults
 from graphdrivers.kernel import statfs as fsinfo
@@ -54,6 +54,9 @@ from .apply import MERGED, UpperDir
 from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name, read_lowers,
                      read_text)
 from .whiteout import OVERLAY
+
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
 
 faults.register(
     "overlay2",
@@ -449,6 +452,29 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
             return
         if not self._refs.others(merged):   # another live process still uses it
             self._drop_mount(merged)
+
+    # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
+    def check_findings(self) -> list[Finding]:
+        from . import check
+        return check.findings(self)
+
+    def _quarantine_data(self, id: str, dest: Path) -> None:
+        layer = self._path(id)
+        if not os.path.lexists(layer):
+            return
+        if (layer / "merged").exists():
+            self._drop_mount(layer / "merged")     # a stale mount: nobody holds it (_busy)
+        short = read_text(layer / "link")
+        os.rename(layer, dest)
+        if short:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.home / LINK_DIR / short)
+
+    def _mount_layer(self, mountpoint: str) -> str | None:
+        parent, name = os.path.split(mountpoint)
+        if name == "merged" and os.path.dirname(parent) == str(self.home):
+            return layer_id_of(os.path.basename(parent))
+        return None
 
     # -- LayerMounts (capabilities.py) -------------------------------------------
     def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:

@@ -126,7 +126,7 @@ def make_snapshot(vfs) -> None:
 
 def test_help_lists_every_command():
     out = run("--help").stdout.decode()
-    for command in ("drivers", "status", "layer", "pool", "serve", "bench"):
+    for command in ("drivers", "status", "layer", "pool", "check", "serve", "bench"):
         assert command in out
     layer_help = run("layer", "--help").stdout.decode()
     for action in ("create", "rm", "mount", "unmount", "ls", "diff", "apply", "changes"):

@@ -108,6 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from graphdrivers.cli import check as cli_check
     from graphdrivers.cli import layer as cli_layer
     from graphdrivers.cli import migrate as cli_migrate
     from graphdrivers.cli import pool as cli_pool
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_layer.add_commands(commands, common)
     cli_pool.add_commands(commands, common)
     cli_migrate.add_commands(commands, common)
+    cli_check.add_commands(commands, common)
 
     p = commands.add_parser("serve", parents=[common],
                             help="serve Docker's graph driver plugin protocol on a unix socket")

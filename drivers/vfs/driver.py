@@ -17,6 +17,7 @@ first load moves those into the store.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -28,6 +29,7 @@ from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
 from graphdrivers.kernel import sync
 from graphdrivers.vfs.copy import copy_tree
+from graphdrivers.check.findings import DATA_WITHOUT_LAYER, Finding
 from graphdrivers.capabilities import DiffFromChanges, LayerMounts, MountSpec, Usage
 from graphdrivers.driver import Driver, os_errors
 from graphdrivers.errors import InvalidOption
@@ -81,7 +83,9 @@ class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
             yield legacy_record(self.home, layer_id)
 
     def _data_ids(self) -> list[str]:
-        return [e.name for e in os.scandir(self._dir) if is_valid_id(e.name)]
+        # directories only: a file with a layer's name is no layer's data (check reports it)
+        return [e.name for e in os.scandir(self._dir)
+                if is_valid_id(e.name) and e.is_dir(follow_symlinks=False)]
 
     # -- paths ---------------------------------------------------------------
     def _layer(self, id: str) -> pathlib.Path:
@@ -172,6 +176,26 @@ class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
     def _metadata(self, record: LayerRecord) -> dict[str, Any]:
         return {"Dir": str(self._layer(record.id))}
 
+    # -- `graphdrivers check` (drivers/check/) ------------------------------------
+    def check_findings(self) -> list[Finding]:
+        """Entries in dir/ that no layer name can take (a file, a bad name): nothing of
+        the layer store points at them, and load leaves them alone."""
+        found = []
+        for entry in os.scandir(self._dir):
+            if is_valid_id(entry.name) and entry.is_dir(follow_symlinks=False):
+                continue
+            found.append(Finding(DATA_WITHOUT_LAYER, entry.path,
+                                 "an entry in dir/ that is not a layer (no valid layer id, "
+                                 "or not a directory)", "delete it",
+                                 lambda path=entry.path: _remove_entry(path)))
+        return found
+
+    def _quarantine_data(self, id: str, dest: pathlib.Path) -> None:
+        path = self._layer(id)
+        if os.path.lexists(path):
+            mnt.unmount_all_under(path)
+            os.rename(path, dest)
+
     # -- LayerMounts (capabilities.py) -------------------------------------------
     def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
         self._record(check_id(id))
@@ -204,6 +228,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _remove_entry(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        mnt.unmount_all_under(path)
+        _rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _rmtree(path: str | os.PathLike) -> None:
