@@ -8,7 +8,8 @@ happened. Then the disk is healthy again (the linear table back), its filesystem
 mounted anew (a filesystem that met write errors stops writing until then), and a
 fresh load() shows the store as it was before the failure: the layers made before
 are all there with the same trees, the failed operation left nothing but, for an
-apply, the layer it was applying into (whose create had returned). In the VM.
+apply, the layer it was applying into (whose create had returned), and `check`
+finds nothing wrong. In the VM.
 """
 from __future__ import annotations
 
@@ -109,6 +110,11 @@ def test_io_error_during(driver_name, operation, tmp_path, monkeypatch):
                 assert {"base", "mid"} <= present <= allowed, (operation, present)
                 for layer, tree in before.items():
                     assert digest_of(drv, layer) == tree, f"{layer} changed after the I/O error"
+                # check finds nothing (a kept "new" of a failed apply is a layer, whole
+                # as far as the store can tell)
+                from graphdrivers.check import run as check
+                assert not check.outstanding(check.inspect(drv)), \
+                    [f.to_json() for f in check.inspect(drv)]
                 # the store takes changes again
                 drv.create("after", "mid")
                 drv.remove("after")

@@ -11,7 +11,9 @@ them) and, on a throw-away view of that image, the driver is loaded and checked:
   exist and their trees (names, types, modes, content hashes, link targets) are
   those seen just after it returned;
 - nothing that had not started is visible, and of the operation in flight, either
-  the before or the after.
+  the before or the after;
+- `graphdrivers check` finds nothing that `--repair` cannot fix, and nothing after
+  the repair, which leaves the layers above as they were.
 
 GRAPHDRIVERS_POWERCUT_POINTS caps the cut points per driver (CI: 24, spread over
 the run; 0: every one), GRAPHDRIVERS_POWERCUT_BETWEEN adds random points between
@@ -107,6 +109,20 @@ def check_cut(drv, log, point: int, after: list[dict]) -> str:
     return f"op {last}" + (f" + {kind} {target} in flight" if kind else "")
 
 
+def check_repairs(drv) -> bool:
+    """`graphdrivers check` finds nothing that `--repair` cannot fix, and after the
+    repair nothing at all; returns whether there was anything to repair."""
+    from graphdrivers.check import run as check
+    from graphdrivers.check.findings import FOUND
+    found = [f for f in check.inspect(drv) if f.state == FOUND]
+    assert all(f.action is not None for f in found), \
+        [f.to_json() for f in found if f.action is None]
+    if found:
+        assert not check.outstanding(check.repair(drv))
+        assert not check.outstanding(check.inspect(drv))
+    return bool(found)
+
+
 @pytest.mark.parametrize("driver_name", ["vfs", "overlay2", "btrfs", "devicemapper"])
 def test_power_cuts(driver_name, tmp_path, monkeypatch):
     require_targets("log-writes", "snapshot")
@@ -141,6 +157,8 @@ def test_power_cuts(driver_name, tmp_path, monkeypatch):
                         drv = graphdrivers.load(driver_name, home, options)
                         try:
                             seen.append((point, check_cut(drv, log, point, after)))
+                            if check_repairs(drv):      # repair must not touch what it kept
+                                check_cut(drv, log, point, after)
                         finally:
                             drv.cleanup()
         finally:
