@@ -110,6 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from graphdrivers.cli import layer as cli_layer
     from graphdrivers.cli import pool as cli_pool
+    from graphdrivers.cli import config as cli_config
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_layer.add_commands(commands, common)
     cli_pool.add_commands(commands, common)
+    cli_config.add_commands(commands, common)
 
     p = commands.add_parser("serve", parents=[common],
                             help="serve Docker's graph driver plugin protocol on a unix socket")
@@ -160,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
     """--home, --driver, --json; real defaults at the top, SUPPRESS on subcommands
-    so ``graphdrivers layer ls --home H`` and ``graphdrivers --home H layer ls`` agree."""
+    so ``graphdrivers layer ls --home H`` and ``graphdrivers --home H layer ls`` agree.
+    Top-level defaults are marked (config.Default) so the config file can replace them."""
+    from graphdrivers.cli.config import LOG_FORMATS, LOG_LEVELS, Default, DefaultList
     default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
-    parser.add_argument("--home", metavar="DIR", default=default(default_home()),
+    parser.add_argument("--home", metavar="DIR", default=default(Default(default_home())),
                         help="where the driver keeps its state "
                              "(default: $GRAPHDRIVERS_HOME or /var/lib/graphdrivers)")
     parser.add_argument("--driver", "-s", metavar="NAME", default=default(None),
@@ -170,8 +174,16 @@ def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
                              "else the first that works here)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="machine-readable output (read commands)")
+    parser.add_argument("--config", metavar="FILE", default=default(None),
+                        help="configuration file (default: $GRAPHDRIVERS_CONFIG or "
+                             "/etc/graphdrivers/config.toml if it exists)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower, default=default(None),
+                        help="least severe log messages shown (default: warning; "
+                             "info for the servers)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=default(None),
+                        help="log lines as text or as one JSON object each (default: text)")
     if top_level:
-        parser.add_argument("--storage-opt", metavar="K=V", action="append", default=[],
+        parser.add_argument("--storage-opt", metavar="K=V", action="append", default=DefaultList(),
                             help="driver option with Docker's spelling, e.g. dm.basesize=20G "
                                  "(repeatable)")
 
@@ -188,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from graphdrivers.cli.config import resolve
+        args.effective_config = resolve(args)
         return args.func(args) or 0
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: interrupted\n")
