@@ -202,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from graphdrivers.cli.config import resolve
         args.effective_config = resolve(args)
+        from graphdrivers import logs
+        logs.configure(args.log_level, args.log_format)
         return args.func(args) or 0
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: interrupted\n")

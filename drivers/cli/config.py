@@ -253,6 +253,10 @@ def resolve(args: argparse.Namespace) -> dict[str, Setting]:
     command = getattr(args, "command", None)
     server = command in SERVER_SECTIONS.values()
     take("log_level", "log-level", None, "info" if server else "warning")
+    if effective["log-level"].source == "default" and \
+            os.environ.get("GRAPHDRIVERS_DEBUG", "") not in ("", "0"):
+        effective["log-level"] = Setting("debug", "$GRAPHDRIVERS_DEBUG")
+        args.log_level = "debug"
     take("log_format", "log-format", None, "text")
     _merge_storage_opts(args, found, effective)
     for section, keys in SECTION_KEYS.items():

@@ -324,11 +324,11 @@ class PluginServer:
 
 
 def _setup_logging() -> None:
-    """A daemon logs to stderr (journald picks it up); GRAPHDRIVERS_DEBUG=1 logs every call."""
-    debug = os.environ.get("GRAPHDRIVERS_DEBUG", "") not in ("", "0")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("graphdrivers").setLevel(logging.DEBUG if debug else logging.INFO)
+    """Run as a library call (not from the CLI): stderr, info, debug with GRAPHDRIVERS_DEBUG=1."""
+    from graphdrivers import logs
+    if not logs.configured():
+        debug = os.environ.get("GRAPHDRIVERS_DEBUG", "") not in ("", "0")
+        logs.configure("debug" if debug else "info")
 
 
 def serve(driver_name: str | None, home: str | os.PathLike | None,

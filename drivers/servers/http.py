@@ -242,8 +242,11 @@ class PluginRequestHandler(BaseHTTPRequestHandler):
             self.server.request_finished()
             status = request.status if request else 400
             note = f" {request.note}" if request and request.note else ""
-            log.debug("POST %s -> %s in %.1f ms%s", self.path, status,
-                      (time.monotonic() - started) * 1000, note)
+            # every call at debug, with its time; a refused or failed one at warning
+            level = logging.WARNING if status >= 400 else logging.DEBUG
+            log.log(level, "POST %s -> %s in %.1f ms%s", self.path, status,
+                    (time.monotonic() - started) * 1000, note)
+            self.server.observe(path.lstrip("/"), status, time.monotonic() - started)
 
     def _finish_body(self) -> None:
         """Consume what the route left of the body so the next request parses cleanly;
@@ -310,6 +313,9 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         except BaseException:
             self.server_close()
             raise
+
+    def observe(self, method: str, status: int, seconds: float) -> None:
+        """Called after every request (metrics hook); nothing by default."""
 
     def request_started(self) -> None:
         with self._idle:
