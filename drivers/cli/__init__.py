@@ -76,6 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise
         raise CliError("the plugin server (graphdrivers.servers.docker_plugin) is not installed") from None
     extra = {"name": args.name} if args.name else {}
+    if args.metrics_addr:
+        extra["metrics_addr"] = args.metrics_addr
     result = plugin.serve(args.driver, args.home, driver_options(args), args.socket, **extra)
     return result if isinstance(result, int) else 0
 
@@ -88,7 +90,8 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
             raise
         raise CliError(f"the containerd snapshotter needs grpcio and protobuf ({exc.name} is "
                        "missing): pip install grpcio protobuf") from None
-    return server.serve(args.driver, args.home, driver_options(args), args.socket)
+    return server.serve(args.driver, args.home, driver_options(args), args.socket,
+                        metrics_addr=args.metrics_addr)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     from graphdrivers.cli import layer as cli_layer
     from graphdrivers.cli import pool as cli_pool
     from graphdrivers.cli import config as cli_config
+    from graphdrivers.cli import metrics as cli_metrics
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -141,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="socket to listen on (default: /run/docker/plugins/<name>.sock)")
     p.add_argument("--name", help="plugin name for dockerd --storage-driver "
                                   "(default: graphdrivers-<driver>)")
+    add_metrics_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("snapshotter", parents=[common],
@@ -150,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="socket to listen on (default: /run/graphdrivers/snapshotter-<driver>.sock)")
     p.add_argument("--storage-opt", metavar="K=V", action="append", default=argparse.SUPPRESS,
                    help="driver option, as before the command (repeatable)")
+    add_metrics_option(p)
     p.set_defaults(func=cmd_snapshotter)
+
+    cli_metrics.add_commands(commands, common)
 
     p = commands.add_parser("bench", add_help=False, prefix_chars="\0",
                             help="run the benchmark suites and write a report "
@@ -186,6 +194,19 @@ def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
         parser.add_argument("--storage-opt", metavar="K=V", action="append", default=DefaultList(),
                             help="driver option with Docker's spelling, e.g. dm.basesize=20G "
                                  "(repeatable)")
+
+
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    from graphdrivers.cli.config import metrics_address
+
+    def address(text: str) -> str:
+        try:
+            return metrics_address(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parser.add_argument("--metrics-addr", metavar="HOST:PORT|unix:PATH", type=address,
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics or on a "
+                             "unix socket (default: none)")
 
 
 def common_parent() -> argparse.ArgumentParser:

@@ -301,12 +301,24 @@ class PluginServer:
 
     def __init__(self, driver_name: str | None, home: str | os.PathLike | None,
                  options: Mapping[str, str] | None, socket_path: str | os.PathLike | None = None,
-                 *, name: str | None = None, state_dir: str | os.PathLike | None = None):
+                 *, name: str | None = None, state_dir: str | os.PathLike | None = None,
+                 metrics_addr: str | None = None):
         self.name = name or plugin_name(driver_name)
         self.socket_path = Path(socket_path) if socket_path else default_socket(self.name)
         state = Path(state_dir or os.environ.get("GRAPHDRIVERS_PLUGIN_STATE") or STATE_DIR)
         self.plugin = GraphDriverPlugin(driver_name, home, options, state / f"{self.name}.json")
         self.http = UnixHTTPServer(self.socket_path, self.plugin.dispatch)
+        self.metrics = None
+        if metrics_addr:
+            self.start_metrics(metrics_addr)
+
+    def start_metrics(self, address: str) -> None:
+        """Count every request and serve the registry on ``address`` (HOST:PORT or unix:)."""
+        from graphdrivers.servers.metrics import Metrics, MetricsEndpoint
+        metrics = Metrics("docker_plugin", lambda: self.plugin._driver)
+        self.http.observe = lambda method, status, seconds: metrics.observe(
+            method.removeprefix("GraphDriver."), str(status) if status >= 400 else None, seconds)
+        self.metrics = MetricsEndpoint(address, metrics.registry)
 
     def serve_forever(self) -> None:
         self.http.serve_forever(poll_interval=0.2)
@@ -319,6 +331,8 @@ class PluginServer:
         # Mounted layers stay mounted: running containers use them, and the next plugin
         # process (or dockerd's Cleanup) takes over. Only Cleanup unmounts.
         self.http.close(grace)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.plugin._driver is not None:
             self.plugin._driver.release()   # the next server adopts the mounts
 
@@ -333,7 +347,8 @@ def _setup_logging() -> None:
 
 def serve(driver_name: str | None, home: str | os.PathLike | None,
           options: Mapping[str, str] | None, socket_path: str | os.PathLike | None,
-          *, name: str | None = None, state_dir: str | os.PathLike | None = None) -> None:
+          *, name: str | None = None, state_dir: str | os.PathLike | None = None,
+          metrics_addr: str | None = None) -> None:
     """Serve the plugin until SIGTERM or SIGINT.
 
     ``home`` None keeps the layers where dockerd's Init says (``<data-root>/<name>``);
@@ -341,7 +356,7 @@ def serve(driver_name: str | None, home: str | os.PathLike | None,
     """
     _setup_logging()
     server = PluginServer(driver_name, home, options, socket_path, name=name,
-                          state_dir=state_dir)
+                          state_dir=state_dir, metrics_addr=metrics_addr)
     stopping = threading.Event()
 
     def on_signal(signum, frame):

@@ -80,8 +80,10 @@ def _clear_stale_socket(path: Path) -> None:
 
 class SnapshotterServer:
     def __init__(self, driver_name: str | None, home: str | os.PathLike,
-                 options: Mapping[str, str] | None, socket_path: str | os.PathLike | None):
+                 options: Mapping[str, str] | None, socket_path: str | os.PathLike | None,
+                 metrics_addr: str | None = None):
         self.driver = registry.load(driver_name, home, options)
+        self.metrics = None
         self._home_fd = _hold_home(self.driver.home)
         try:
             self.model = Snapshotter(self.driver)
@@ -93,11 +95,19 @@ class SnapshotterServer:
             _clear_stale_socket(self.socket_path)
             self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS,
                                                                thread_name_prefix="snapshots"))
-            snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(self.model),
-                                                               self.grpc)
+            service = SnapshotsService(self.model)
+            snapshots_pb2_grpc.add_SnapshotsServicer_to_server(service, self.grpc)
+            if metrics_addr:
+                from graphdrivers.servers.metrics import Metrics, MetricsEndpoint
+                metrics = Metrics("snapshotter", lambda: self.driver)
+                service.observe = lambda method, outcome, seconds: metrics.observe(
+                    method, None if outcome == "OK" else outcome, seconds)
+                self.metrics = MetricsEndpoint(metrics_addr, metrics.registry)
             if not self.grpc.add_insecure_port(f"unix:{self.socket_path}"):
                 raise DriverError(f"cannot listen on {self.socket_path}")
         except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
             os.close(self._home_fd)
             raise
 
@@ -107,6 +117,8 @@ class SnapshotterServer:
 
     def stop(self, grace: float = 5.0) -> None:
         self.grpc.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self.driver.release()       # mounts stay; the next server adopts
@@ -122,10 +134,10 @@ def _setup_logging() -> None:
 
 
 def serve(driver_name: str | None, home: str | os.PathLike, options: Mapping[str, str] | None,
-          socket_path: str | os.PathLike | None) -> int:
+          socket_path: str | os.PathLike | None, *, metrics_addr: str | None = None) -> int:
     """Serve until SIGTERM or SIGINT."""
     _setup_logging()
-    server = SnapshotterServer(driver_name, home, options, socket_path)
+    server = SnapshotterServer(driver_name, home, options, socket_path, metrics_addr)
     stopping = threading.Event()
 
     def on_signal(signum, frame):
