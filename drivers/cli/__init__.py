@@ -57,14 +57,18 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     driver = open_driver(args)
     status = driver.status()
+    notes = {key: note for key, note in driver.status_notes().items()
+             if key in dict(status)}
     if args.json:
         emit_json({"driver": driver.name, "home": str(driver.home),
-                   "status": {key: value for key, value in status}})
+                   "status": {key: value for key, value in status}, "notes": notes})
         return 0
     print(f"Storage Driver: {driver.name}")
     print(f" Home: {driver.home}")
     for key, value in status:
-        print(f" {key}: {value}")
+        print(f" {key}: {value}{' (*)' if key in notes else ''}")
+    for key, note in notes.items():   # rows that do not mean what they mean in Docker
+        print(f"(*) {key}: {note}")
     return 0
 
 
