@@ -36,7 +36,8 @@ LIBDM_LEVELS = {2: logging.CRITICAL, 3: logging.ERROR, 4: logging.WARNING, 5: lo
 
 
 def set_log_level(libdm_level: int) -> None:
-    """Filter this module's messages (each ioctl at debug, failures at error) as
+    """Filter this module's messages (each ioctl at debug, a failure at error, or at
+    info for ENXIO/EBUSY, which callers expect) as
     ``dm.libdm_log_level`` does libdevmapper's; the process's log level still applies
     on top (level 7 shows debug lines only when graphdrivers logs at debug)."""
     general = logging.getLogger("graphdrivers").getEffectiveLevel()
@@ -190,8 +191,12 @@ def _ioctl(cmd: int, name: str = "", *, flags: int = 0, payload: bytes = b"", uu
         try:
             fcntl.ioctl(fd, _iowr(cmd), buf, True)
         except OSError as exc:
-            log.error("%s %s: %s", op, name or "-", os.strerror(exc.errno or errno.EIO))
-            raise DmError(exc.errno or errno.EIO, op, name) from None
+            code = exc.errno or errno.EIO
+            # "no such device" and "busy" are answers callers ask for (lookups, retried
+            # removes); anything else is a device-mapper error worth an operator's eye
+            log.log(logging.INFO if code in (errno.ENXIO, errno.EBUSY) else logging.ERROR,
+                    "%s %s: %s", op, name or "-", os.strerror(code))
+            raise DmError(code, op, name) from None
         reply = _Reply(buf)
         if reply.flags & BUFFER_FULL_FLAG and size < _MAX_BUFFER:
             size *= 4

@@ -39,13 +39,16 @@ def test_vfs_driver_wide_size_is_the_default_quota_of_rw_layers(tmp_path):
     with loop_filesystem(tmp_path, "xfs", 320 << 20, "prjquota") as fs:
         driver = graphdrivers.load("vfs", fs / "home", {"size": "20M"})
         try:
-            driver.create("base")                           # read-only: no quota
-            fill(driver.mount("base") / "big", 30)
+            driver.create("ro")                             # read-only: no quota
+            fill(driver.mount("ro") / "big", 30)
+            driver.unmount("ro")
+            driver.create("base")
+            fill(driver.mount("base") / "some", 5)
             driver.unmount("base")
             driver.create("c", "base", rw=True)             # the default applies
             driver.create("wide", "base", rw=True, storage_opt={"size": "80M"})
-            with pytest.raises(OSError) as info:
-                fill(driver.mount("c") / "more", 30)        # 30 MiB of base + 30 > 20 MiB
+            with pytest.raises(OSError) as info:            # a vfs child is a full copy:
+                fill(driver.mount("c") / "more", 30)        # 5 MiB of base + 30 > 20 MiB
             assert info.value.errno in (errno.EDQUOT, errno.ENOSPC)
             fill(driver.mount("wide") / "more", 30)         # the layer's own size wins
             assert dict(driver.status())["Default Layer Size"] == "20.97 MB"
