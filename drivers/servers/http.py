@@ -295,11 +295,18 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
     request_queue_size = 1024
 
     def __init__(self, socket_path: str | os.PathLike, route: Callable[[Request], None],
-                 mode: int = 0o660):
+                 mode: int = 0o660, *, listen_fd: int | None = None):
         self.socket_path = Path(socket_path)
         self.route = route
         self._active = 0
         self._idle = threading.Condition()
+        self._activated = listen_fd is not None
+        if listen_fd is not None:   # socket activation: systemd bound it and keeps it
+            super().__init__(str(self.socket_path), PluginRequestHandler,
+                             bind_and_activate=False)
+            self.socket.close()
+            self.socket = socket.socket(fileno=listen_fd)
+            return
         _claim_socket_path(self.socket_path)
         super().__init__(str(self.socket_path), PluginRequestHandler, bind_and_activate=False)
         try:
@@ -335,7 +342,7 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         """Stop listening, let in-flight requests finish (up to ``grace`` s), remove the socket."""
         self.socket.close()
         try:
-            if self.socket_path.is_socket():
+            if self.socket_path.is_socket() and not self._activated:
                 self.socket_path.unlink()
         except FileNotFoundError:
             pass

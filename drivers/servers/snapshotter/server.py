@@ -135,13 +135,16 @@ def _setup_logging() -> None:
 
 def serve(driver_name: str | None, home: str | os.PathLike, options: Mapping[str, str] | None,
           socket_path: str | os.PathLike | None, *, metrics_addr: str | None = None) -> int:
-    """Serve until SIGTERM or SIGINT."""
+    """Serve until SIGTERM or SIGINT; READY=1 to systemd once a call is answered.
+    (No socket activation: grpcio cannot take a listening socket it did not bind.)"""
+    from graphdrivers.servers.notify import notify, notify_when_ready
     _setup_logging()
     server = SnapshotterServer(driver_name, home, options, socket_path, metrics_addr)
     stopping = threading.Event()
 
     def on_signal(signum, frame):
         log.info("signal %d: stopping", signum)
+        notify("STOPPING=1")
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -150,6 +153,8 @@ def serve(driver_name: str | None, home: str | os.PathLike, options: Mapping[str
     log.info("serving containerd snapshots API for the %s driver (%s) on unix://%s",
              server.driver.name, server.driver.home, server.socket_path)
     started = time.monotonic()
+    notify_when_ready(lambda: answers(server.socket_path),
+                      f"serving the {server.driver.name} driver on {server.socket_path}")
     try:
         while not stopping.wait(1.0):
             pass
@@ -157,3 +162,16 @@ def serve(driver_name: str | None, home: str | os.PathLike, options: Mapping[str
         server.stop()
         log.info("snapshotter stopped after %.0f s", time.monotonic() - started)
     return 0
+
+
+def answers(path: str | os.PathLike, timeout: float = 5.0) -> bool:
+    """Whether the server answers a Stat on ``path`` (the readiness probe): any reply
+    counts, NOT_FOUND for the probe's key included."""
+    from graphdrivers.servers.snapshotter import snapshots_pb2 as pb
+    with grpc.insecure_channel(f"unix:{os.fspath(path)}") as channel:
+        stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+        try:
+            stub.Stat(pb.StatSnapshotRequest(key="graphdrivers-readiness-probe"), timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.NOT_FOUND
+    return True
