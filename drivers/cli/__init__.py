@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     from graphdrivers.cli import pool as cli_pool
     from graphdrivers.cli import config as cli_config
     from graphdrivers.cli import metrics as cli_metrics
+    from graphdrivers.cli import shell as cli_shell
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_snapshotter)
 
     cli_metrics.add_commands(commands, common)
+    cli_shell.add_commands(commands, common)
 
     p = commands.add_parser("bench", add_help=False, prefix_chars="\0",
                             help="run the benchmark suites and write a report "
