@@ -164,3 +164,21 @@ def test_pool_figures():
     assert sample(found, "graphdrivers_pool_mode", mode="rw", **d) == 0
     assert sample(found, "graphdrivers_pool_min_free_space_ratio", **d) == 0.1
     assert headroom(0, 1000, 0) == 1000
+
+
+def test_metrics_address_from_the_config_file(tmp_path):
+    """[snapshotter] metrics-addr in the file reaches the running server."""
+    (tmp_path / "run").mkdir()
+    metrics_sock = tmp_path / "run" / "m.sock"
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'log-format = "json"\n[snapshotter]\nmetrics-addr = "unix:{metrics_sock}"\n')
+    server = SnapServer("vfs", tmp_path / "home", {}, tmp_path / "run" / "s.sock",
+                        tmp_path / "snap.log")
+    server.start(env={"GRAPHDRIVERS_CONFIG": str(conf)})
+    try:
+        found = samples(scrape_unix(metrics_sock))
+    finally:
+        server.stop()
+    assert sample(found, "graphdrivers_layers", driver="vfs") == 0
+    first = (tmp_path / "snap.log").read_text().splitlines()[0]
+    assert first.startswith('{"time": '), first       # the file's log-format too
