@@ -4,8 +4,8 @@ As a library, graphdrivers adds only a NullHandler to its ``graphdrivers`` logge
 standard library's advice), so a program that configures no logging never sees our
 warnings through Python's last-resort handler on stderr. The CLI and the servers call
 ``configure`` once: a single stderr handler on the root logger (so grpc's and other
-libraries' records share the format), with ``graphdrivers`` at the chosen level and
-everything else at warning. journald keeps stderr; ``json`` suits log shippers.
+libraries' errors share the format), with ``graphdrivers`` at the chosen level and
+other libraries shown from error up. journald keeps stderr; ``json`` suits log shippers.
 """
 from __future__ import annotations
 
@@ -38,7 +38,24 @@ def _rfc3339(created: float) -> str:
 
 
 class _OurHandler(logging.StreamHandler):
-    """Marks the handler configure() installed, so a second call replaces it."""
+    """The handler configure() installed (a second call replaces it). Without a stream
+    of its own it writes to whatever sys.stderr is at each record, so a caller that
+    swaps stderr (tests, a daemon re-pointing it) is followed."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        super().__init__(stream or sys.stderr)
+        self._follow = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow:
+            self.stream = sys.stderr
+        super().emit(record)
+
+
+def _ours_or_serious(record: logging.LogRecord) -> bool:
+    """Our records at the chosen level; other libraries' only from error up (stevedore's
+    "Could not load nope" warning would double the CLI's own one-line error)."""
+    return record.name.startswith("graphdrivers") or record.levelno >= logging.ERROR
 
 
 def configure(level: str = "warning", fmt: str = "text", stream: IO[str] | None = None) -> None:
@@ -46,7 +63,8 @@ def configure(level: str = "warning", fmt: str = "text", stream: IO[str] | None 
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _OurHandler)]:
         root.removeHandler(handler)
-    handler = _OurHandler(stream or sys.stderr)
+    handler = _OurHandler(stream)
+    handler.addFilter(_ours_or_serious)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     chosen = LEVELS[level]

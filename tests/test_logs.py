@@ -48,14 +48,18 @@ def test_configure_filters_by_level_and_formats_json(restore_logging):
     logger = logging.getLogger("graphdrivers.driver")
     logger.debug("hidden")
     logger.info("shown %d", 1)
-    logging.getLogger("urllib3").info("other libraries stay at warning")
+    logging.getLogger("urllib3").info("other libraries' info is not shown")
+    logging.getLogger("stevedore.named").warning("nor their warnings")
     try:
         raise OSError(5, "Input/output error")
     except OSError:
         logger.exception("failed")
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    logging.getLogger("grpc._server").error("but their errors are")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(e["level"], e["logger"], e["message"]) for e in lines] == [
-        ("info", "graphdrivers.driver", "shown 1"), ("error", "graphdrivers.driver", "failed")]
+        ("info", "graphdrivers.driver", "shown 1"), ("error", "graphdrivers.driver", "failed"),
+        ("error", "grpc._server", "but their errors are")]
     assert "OSError: [Errno 5]" in lines[1]["exc"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[0]["time"])
     # a second configure replaces the first handler, it does not add one
