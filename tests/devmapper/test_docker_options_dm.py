@@ -27,11 +27,15 @@ def test_libdm_log_level_sets_what_device_mapper_logs(tmp_path, caplog):
         driver = graphdrivers.load("devicemapper", home, {**options, "dm.libdm_log_level": "7"})
         try:
             caplog.clear()
-            driver.create("a")
+            driver.create("a")            # a thin snapshot: a message to the pool
+            driver.mount("a")             # its device activated: DM_DEV_CREATE
+            driver.unmount("a")
             records = _dm_records(caplog)
             assert not [r for r in records if r.levelno >= logging.WARNING], records
-            assert any(r.levelno == logging.DEBUG and r.getMessage().startswith("DM_DEV_CREATE ")
-                       for r in records), [r.getMessage() for r in records]
+            debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+            pool = driver.pool_status()["pool_name"]
+            assert any(m.startswith(f"DM_TARGET_MSG {pool} ok in ") for m in debug), debug
+            assert any(m.startswith("DM_DEV_CREATE ") for m in debug), debug
         finally:
             driver.cleanup()
         quiet = graphdrivers.load("devicemapper", home, {**options, "dm.libdm_log_level": "2"})
