@@ -1,10 +1,10 @@
 """Docker's option vocabulary as dockerd accepts it (vfs' driver-wide ``size``,
 ``overlay2.override_kernel_check``, the libdm log-level mapping), and the
 ``layer inspect`` / ``layer usage`` commands. devicemapper's side runs in the VM
-(tests/devmapper/test_docker_options_dm.py)."""
+(tests/devmapper/test_docker_options_dm.py), vfs' size on XFS project quotas in
+tests/unit/test_vfs_quota.py (the VM too: the host kernel has no XFS quotas)."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -15,7 +15,6 @@ import pytest
 
 import graphdrivers
 from graphdrivers.errors import InvalidOption
-from graphdrivers.testing.loopfs import loop_filesystem
 
 CLI = [sys.executable, "-m", "graphdrivers.cli"]
 
@@ -25,35 +24,6 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert result.returncode == 0, result.stderr
     return result
-
-
-def fill(path, mib: int) -> None:
-    with open(path, "wb") as f:
-        for _ in range(mib):
-            f.write(b"\1" * (1 << 20))
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def test_vfs_driver_wide_size_is_the_default_quota_of_rw_layers(tmp_path):
-    with loop_filesystem(tmp_path, "xfs", 320 << 20, "prjquota") as fs:
-        driver = graphdrivers.load("vfs", fs / "home", {"size": "20M"})
-        try:
-            driver.create("ro")                             # read-only: no quota
-            fill(driver.mount("ro") / "big", 30)
-            driver.unmount("ro")
-            driver.create("base")
-            fill(driver.mount("base") / "some", 5)
-            driver.unmount("base")
-            driver.create("c", "base", rw=True)             # the default applies
-            driver.create("wide", "base", rw=True, storage_opt={"size": "80M"})
-            with pytest.raises(OSError) as info:            # a vfs child is a full copy:
-                fill(driver.mount("c") / "more", 30)        # 5 MiB of base + 30 > 20 MiB
-            assert info.value.errno in (errno.EDQUOT, errno.ENOSPC)
-            fill(driver.mount("wide") / "more", 30)         # the layer's own size wins
-            assert dict(driver.status())["Default Layer Size"] == "20.97 MB"
-        finally:
-            driver.cleanup()
 
 
 def test_vfs_driver_wide_size_without_quotas_is_refused_at_load(tmp_path):
