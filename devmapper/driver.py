@@ -69,6 +69,7 @@ class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, 
     def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None):
         super().__init__(home, options)
         self.cfg: Config = parse_config(options)   # before touching anything
+        dm.set_log_level(self.cfg.log_level)
         self.probe(self.home)
         self._refs = RefCounter(is_mountpoint, self.home_run)
         self._served: set[str] = set()      # mounts held for containerd (external.py)
@@ -257,6 +258,15 @@ class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, 
     # -- pool -------------------------------------------------------------
     def status(self) -> list[tuple[str, str]]:
         return poolreport.status_rows(self.devices)
+
+    def status_notes(self) -> dict[str, str]:
+        return {
+            "Udev Sync Supported": "false by design: device nodes are made here and nothing "
+                                   "waits for udev, so this is not the data-loss warning it "
+                                   "is in Docker",
+            "Library Version": "the kernel's device-mapper interface, driven through raw "
+                               "ioctls; there is no libdevmapper",
+        }
 
     def pool_status(self) -> dict[str, Any]:
         """The pool in numbers (bytes), for `graphdrivers pool status` and embedding engines."""

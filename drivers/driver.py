@@ -266,6 +266,11 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def status(self) -> list[tuple[str, str]]: ...
 
+    def status_notes(self) -> dict[str, str]:
+        """Status rows whose meaning differs from Docker's, with what they mean here
+        (``graphdrivers status`` prints them under the rows). None by default."""
+        return {}
+
     @abc.abstractmethod
     def cleanup(self) -> None: ...
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import uuid
@@ -41,7 +42,7 @@ from graphdrivers.driver import Change, Driver, os_errors
 from graphdrivers.errors import DriverError, InvalidOption, LayerNotFound, NotSupported
 from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
-from graphdrivers.options import Option, format_size, parse_options, parse_size
+from graphdrivers.options import Option, format_size, parse_bool, parse_options, parse_size
 from graphdrivers.store.layers import LOG as LAYER_LOG, LayerRecord
 from graphdrivers.store.refcount import RefCounter
 from graphdrivers.usage import tree_usage
@@ -57,6 +58,8 @@ from .whiteout import OVERLAY
 
 if TYPE_CHECKING:
     from graphdrivers.check.findings import Finding
+
+log = logging.getLogger(__name__)
 
 faults.register(
     "overlay2",
@@ -117,6 +120,12 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
     OPTIONS = {
         "overlay2.size": Option(parse_size, 0, "default size limit of read-write layers "
                                                "(needs XFS with pquota)"),
+        # dockerd before 24.0 took it to skip the kernel-version check; there is no such
+        # check here (a test mount decides), so an old daemon.json keeps working unchanged
+        "overlay2.override_kernel_check": Option(parse_bool, False,
+                                                 "accepted for compatibility; changes nothing "
+                                                 "(a test mount, not the kernel version, "
+                                                 "decides)"),
     }
     LAYER_OPTIONS = {
         "size": Option(parse_size, None, "size limit of this read-write layer (XFS pquota)"),
@@ -126,6 +135,10 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
                  mount_method: str | None = None, naive_diff: bool | None = None):
         super().__init__(home, options)
         values = parse_options(options, self.OPTIONS)
+        self._override_kernel_check = values["overlay2.override_kernel_check"]
+        if self._override_kernel_check:
+            log.info("overlay2.override_kernel_check is accepted and changes nothing: "
+                     "overlay support is decided by a test mount")
         self._setup(values, mount_method, naive_diff)
 
     @classmethod
@@ -526,6 +539,9 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
              "XFS project quota" if self._quota else f"unavailable: {self._quota_reason}"),
             ("Layers", str(len(self.layers()))),
         ]
+        if self._override_kernel_check:
+            rows.append(("Override Kernel Check", "accepted, changes nothing (overlay support "
+                                                  "is decided by a test mount)"))
         return rows
 
     def _layer_options(self, record: LayerRecord) -> dict[str, str]:

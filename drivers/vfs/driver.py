@@ -35,7 +35,7 @@ from graphdrivers.driver import Driver, os_errors
 from graphdrivers.errors import InvalidOption
 from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
-from graphdrivers.options import Option, parse_options, parse_size
+from graphdrivers.options import Option, format_size, parse_options, parse_size
 from graphdrivers.store.layers import LayerRecord, legacy_record
 from graphdrivers.store.refcount import RefCounter
 from graphdrivers.usage import tree_usage
@@ -51,13 +51,15 @@ faults.register(
 
 class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
     name = "vfs"
-    OPTIONS: Mapping[str, Option] = {}
+    # Docker's vfs takes ``size`` driver-wide too: the default quota of read-write layers
+    OPTIONS: Mapping[str, Option] = {
+        "size": Option(parse_size, 0, "default quota of read-write layers (needs project quotas)")}
     LAYER_OPTIONS: Mapping[str, Option] = {
         "size": Option(parse_size, 0, "quota of a read-write layer (needs project quotas)")}
 
     def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None):
         super().__init__(home, options)
-        parse_options(options, self.OPTIONS, what="vfs driver option")
+        self._default_size = parse_options(options, self.OPTIONS, what="vfs driver option")["size"]
         self._dir = self.home / "dir"
         self._dir_s = str(self._dir)
         self._tmp = self.home / "tmp"
@@ -66,6 +68,11 @@ class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
         self._refs = RefCounter(lambda _path: False, self.home_run)   # never a real mount
         self._quota = None
         self._quota_reason = ""
+        if self._default_size:      # refused at load, as overlay2.size is, not at the first create
+            self._quota, self._quota_reason = quota_control(self._dir)
+            if self._quota is None:
+                raise InvalidOption(f"vfs driver option size={options.get('size')}: "
+                                    f"{self._quota_reason}")
         self._recover()
         self._open_store()
         shutil.rmtree(self.home / "meta", ignore_errors=True)   # old records, in the store now
@@ -97,7 +104,7 @@ class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
     # -- hooks of the Driver template ------------------------------------------
     def _create_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> int:
         if not storage_opt:
-            return 0
+            return self._default_size if rw else 0
         if not rw:
             raise InvalidOption("--storage-opt is not supported for vfs on read-only layers; "
                                 "only read-write (container) layers take a size")
@@ -209,8 +216,10 @@ class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
 
     # -- the rest of the interface ----------------------------------------------
     def status(self) -> list[tuple[str, str]]:
-        return [("Backing Filesystem", fs_name(self.home)),
-                ("Layers", str(len(self.layers())))]
+        rows = [("Backing Filesystem", fs_name(self.home))]
+        if self._default_size:
+            rows.append(("Default Layer Size", format_size(self._default_size)))
+        return rows + [("Layers", str(len(self.layers())))]
 
     def cleanup(self) -> None:
         for path in self._refs.paths():

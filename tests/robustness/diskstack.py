@@ -79,6 +79,12 @@ def digest_of(drv, layer: str) -> dict[str, tuple]:
         drv.unmount(layer)
 
 
+def settle() -> None:
+    """Let udev finish with new device-mapper nodes: it may replace the one we made,
+    and a driver that looks for the node meanwhile finds none (seen in the VM)."""
+    subprocess.run(["udevadm", "settle", "--timeout=10"], capture_output=True)
+
+
 def require_targets(*targets: str) -> None:
     """Skip where the kernel has no device-mapper, or not these targets of it."""
     from graphdrivers.devmapper import dm
@@ -111,6 +117,7 @@ class Disk:
                 dm.create(f"gdpc-{self.tag}-{name}", [(0, length // 512, "linear",
                                                        f"{self.device} {start // 512}")])
                 self.slices.append(f"gdpc-{self.tag}-{name}")
+            settle()
             fs_device = dm.device_path(f"gdpc-{self.tag}-home")
         fstype = "btrfs" if self.driver_name == "btrfs" else "ext4"
         try:

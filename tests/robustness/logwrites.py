@@ -20,6 +20,7 @@ import dataclasses
 import os
 import random
 import struct
+import subprocess
 from typing import Iterator
 
 _SUPER = struct.Struct("<QQQI")
@@ -151,6 +152,7 @@ def scratch_view(name: str, image_device: str, cow_device: str) -> Iterator[str]
     from graphdrivers.devmapper import blockdev, dm
     sectors = blockdev.size_bytes(image_device) // 512
     dm.create(name, [(0, sectors, "snapshot", f"{image_device} {cow_device} N 8")])
+    subprocess.run(["udevadm", "settle", "--timeout=10"], capture_output=True)
     try:
         yield dm.device_path(name)
     finally:
