@@ -163,7 +163,7 @@ def flush_delayed(device: str, kind: str) -> Iterator[str]:
     from graphdrivers.devmapper import blockdev, dm
     if dm.available():
         raise MediumError(f"the delay medium needs device-mapper: {dm.available()}")
-    name = f"gdbench-delay-{os.getpid()}"
+    name = f"gdbench-delay-{os.getpid()}-{os.path.basename(device)}"   # one per medium
     sectors = blockdev.size_bytes(device) // 512
     dm.create(name, [(0, sectors, "delay",
                       f"{device} 0 0 {device} 0 0 {device} 0 {flush_ms()}")])
