@@ -123,8 +123,9 @@ class Disk:
         try:
             if make:
                 force = "-f" if fstype == "btrfs" else "-F"
-                subprocess.run([f"mkfs.{fstype}", "-q", force, fs_device], check=True,
-                               capture_output=True)
+                made = subprocess.run([f"mkfs.{fstype}", "-q", force, fs_device],
+                                      capture_output=True, text=True)
+                assert made.returncode == 0, f"mkfs.{fstype} {fs_device}: {made.stderr}"
             mount.mount(fs_device, self.mnt, fstype, 0, None)
             try:
                 yield self.mnt / "home", self.options()

@@ -23,7 +23,7 @@ import graphdrivers
 from graphdrivers.errors import DriverError
 from graphdrivers.kernel import loop as loopback
 
-from .diskstack import DISK, Disk, digest_of, make_tar, require_targets
+from .diskstack import DISK, Disk, digest_of, make_tar, require_targets, settle
 
 T1 = make_tar({"etc/hostname": b"one\n", "bin/tool": os.urandom(300_000), "bin/sh": "->tool"})
 T2 = make_tar({"etc/hostname": b"two\n", "usr/doc": os.urandom(100_000)})
@@ -71,8 +71,9 @@ def test_io_error_during(driver_name, operation, tmp_path, monkeypatch):
     with open(tmp_path / "disk.img", "wb") as f:
         f.truncate(DISK)
     backing = loopback.attach(tmp_path / "disk.img")
-    name = f"gdio-{os.getpid()}"
+    name = f"gdio-{os.getpid()}-{driver_name}-{operation}"     # one per case: udev lags
     dm.create(name, [(0, DISK // 512, "linear", f"{backing.path} 0")])
+    settle()
     try:
         disk = Disk(driver_name, dm.device_path(name), tmp_path, "io")
         with disk.mounted(make=True) as (home, options):
