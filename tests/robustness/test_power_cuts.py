@@ -132,7 +132,7 @@ def test_power_cuts(driver_name, tmp_path, monkeypatch):
             f.truncate(size)
     loops = {n: loopback.attach(tmp_path / f"{n}.img") for n in ("disk", "log", "replay", "cow")}
     try:
-        log_name = f"gdpc-{os.getpid()}-log"
+        log_name = f"gdpc-{os.getpid()}-{driver_name}-log"     # a name per test: udev lags
         with logwrites.logging_device(log_name, loops["disk"].path, loops["log"].path) as logged:
             disk = Disk(driver_name, logged, tmp_path, "live")
             after, _ = run_workload(driver_name, disk, log_name)
@@ -150,7 +150,7 @@ def test_power_cuts(driver_name, tmp_path, monkeypatch):
                 # a new boot: nothing of the live run's run directory survives a power cut
                 monkeypatch.setenv("GRAPHDRIVERS_RUN_DIR", str(tmp_path / f"run-{point}"))
                 # a name per point: reusing one races udev's removal of the last node
-                with logwrites.scratch_view(f"gdpc-{os.getpid()}-cut{point}", loops["replay"].path,
+                with logwrites.scratch_view(f"gdpc-{driver_name}-cut{point}", loops["replay"].path,
                                             loops["cow"].path) as view:
                     cut = Disk(driver_name, view, tmp_path, f"cut{point}")
                     with cut.mounted(make=False) as (home, options):
