@@ -20,8 +20,9 @@ import dataclasses
 import os
 import random
 import struct
-import subprocess
 from typing import Iterator
+
+from .diskstack import settle
 
 _SUPER = struct.Struct("<QQQI")
 _ENTRY = struct.Struct("<QQQQ")
@@ -122,11 +123,6 @@ class Replay:
         os.close(self._log_fd)
 
 
-def _settle() -> None:
-    """Let udev finish with a new device-mapper node (it may replace the one made)."""
-    subprocess.run(["udevadm", "settle", "--timeout=10"], capture_output=True)
-
-
 @contextlib.contextmanager
 def logging_device(name: str, device: str, log_device: str) -> Iterator[str]:
     """``/dev/mapper/<name>``: ``device`` with every write logged to ``log_device``
@@ -137,7 +133,7 @@ def logging_device(name: str, device: str, log_device: str) -> Iterator[str]:
         os.fsync(f.fileno())
     sectors = blockdev.size_bytes(device) // 512
     dm.create(name, [(0, sectors, "log-writes", f"{device} {log_device}")])
-    _settle()
+    settle()
     try:
         yield dm.device_path(name)
     finally:
@@ -158,7 +154,7 @@ def scratch_view(name: str, image_device: str, cow_device: str) -> Iterator[str]
     from graphdrivers.devmapper import blockdev, dm
     sectors = blockdev.size_bytes(image_device) // 512
     dm.create(name, [(0, sectors, "snapshot", f"{image_device} {cow_device} N 8")])
-    _settle()
+    settle()
     try:
         yield dm.device_path(name)
     finally:
