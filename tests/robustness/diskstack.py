@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import stat
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -24,34 +22,6 @@ MB = 1 << 20
 DISK = 384 * MB
 # devicemapper's slices of the disk: its home, the pool's metadata, the pool's data
 DM_SLICES = (("home", 0, 64 * MB), ("meta", 64 * MB, 32 * MB), ("data", 96 * MB, DISK - 96 * MB))
-
-
-def make_tar(files: dict[str, bytes | str | None]) -> bytes:
-    """Regular files (bytes), symlinks ('->target'), hard links ('=>target'), whiteouts (None)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        dirs = sorted({str(Path(n).parent) for n in files} - {"."})
-        for d in dirs:
-            info = tarfile.TarInfo(d)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
-            tar.addfile(info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.mtime, info.mode = 1_700_000_000, 0o644
-            if data is None:
-                head, _, tail = name.rpartition("/")
-                info.name = f"{head}/.wh.{tail}" if head else f".wh.{tail}"
-                tar.addfile(info, io.BytesIO(b""))
-            elif isinstance(data, str) and data.startswith("->"):
-                info.type, info.linkname = tarfile.SYMTYPE, data[2:]
-                tar.addfile(info)
-            elif isinstance(data, str) and data.startswith("=>"):
-                info.type, info.linkname = tarfile.LNKTYPE, data[2:]
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def tree_digest(root: Path) -> dict[str, tuple]:

@@ -23,7 +23,8 @@ import graphdrivers
 from graphdrivers.errors import DriverError
 from graphdrivers.kernel import loop as loopback
 
-from .diskstack import DISK, Disk, digest_of, make_tar, require_targets, settle
+from .diskstack import DISK, Disk, digest_of, require_targets, settle
+from .layers import make_tar
 
 T1 = make_tar({"etc/hostname": b"one\n", "bin/tool": os.urandom(300_000), "bin/sh": "->tool"})
 T2 = make_tar({"etc/hostname": b"two\n", "usr/doc": os.urandom(100_000)})

@@ -30,7 +30,8 @@ import graphdrivers
 from graphdrivers.kernel import loop as loopback
 
 from . import logwrites
-from .diskstack import DISK, MB, Disk, digest_of, make_tar, require_targets
+from .diskstack import DISK, MB, Disk, digest_of, require_targets
+from .layers import make_tar
 
 POINTS = int(os.environ.get("GRAPHDRIVERS_POWERCUT_POINTS", "24"))
 BETWEEN = int(os.environ.get("GRAPHDRIVERS_POWERCUT_BETWEEN", "4"))
