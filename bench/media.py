@@ -10,6 +10,11 @@ The point of the loop-versus-block comparison is that only the layering differs:
                FSTYPE on the loop device;
 * ``loop-dio`` the same with the loop device in direct-I/O mode (no second
                page cache).
+* ``delay``    the buffered loop device under a dm-delay table that holds every
+               flush for GRAPHDRIVERS_BENCH_FLUSH_MS (default 2: a SATA SSD's cache
+               flush; 8-15 is a spinning disk's) and passes reads and writes at once:
+               a disk whose flushes cost what real ones do, where zram's cost
+               nothing (needs device-mapper: the VM).
 
 The device is a fresh zram device (``/sys/class/zram-control/hot_add``, RAM
 backed, removed again with ``hot_remove``) unless the operator names a real
@@ -30,7 +35,7 @@ from typing import Iterator
 from graphdrivers.kernel import loop as loopback
 from graphdrivers.kernel import mount
 
-KINDS = ("loop", "loop-dio", "block")
+KINDS = ("loop", "loop-dio", "block", "delay")
 ZRAM_CONTROL = Path("/sys/class/zram-control")
 # ext4's lazy inode-table init would keep writing in the background during the
 # measurements; do it all in mkfs instead.
@@ -143,6 +148,31 @@ def check_operator_device(device: str, destroy_ok: bool) -> None:
             raise MediumError(f"{device} is mounted; refusing to wipe it")
 
 
+def flush_ms() -> int:
+    return int(os.environ.get("GRAPHDRIVERS_BENCH_FLUSH_MS", "2"))
+
+
+@contextlib.contextmanager
+def flush_delayed(device: str, kind: str) -> Iterator[str]:
+    """``device`` itself, or for ``delay`` a dm-delay device over it that holds flushes.
+    (Over a write-through device such as zram the kernel drops flushes before dm-delay
+    sees them; the buffered loop device under it has a write cache, so they reach it.)"""
+    if kind != "delay":
+        yield device
+        return
+    from graphdrivers.devmapper import blockdev, dm
+    if dm.available():
+        raise MediumError(f"the delay medium needs device-mapper: {dm.available()}")
+    name = f"gdbench-delay-{os.getpid()}-{os.path.basename(device)}"   # one per medium
+    sectors = blockdev.size_bytes(device) // 512
+    dm.create(name, [(0, sectors, "delay",
+                      f"{device} 0 0 {device} 0 0 {device} 0 {flush_ms()}")])
+    try:
+        yield dm.device_path(name)
+    finally:
+        dm.remove(name, retries=50)
+
+
 @contextlib.contextmanager
 def medium(kind: str, fstype: str, workdir: Path, size: int,
            device: str | None = None) -> Iterator[Medium]:
@@ -166,10 +196,13 @@ def medium(kind: str, fstype: str, workdir: Path, size: int,
                 dio = loopback.direct_io_enabled(loop.path)
                 if kind == "loop-dio" and not dio:
                     raise MediumError(f"{loop.path}: the kernel refused direct I/O")
-                mkfs(fstype, loop.path)
-                with mounted(loop.path, workdir / "fs", fstype) as target:
-                    yield Medium(kind, fstype, label, loop.path, target, size,
-                                 {"image_on": f"ext4 on {dev}", "loop_direct_io": dio})
+                with flush_delayed(loop.path, kind) as fs_device:
+                    mkfs(fstype, fs_device)
+                    with mounted(fs_device, workdir / "fs", fstype) as target:
+                        details = {"image_on": f"ext4 on {dev}", "loop_direct_io": dio}
+                        if kind == "delay":
+                            details["flush_delay_ms"] = flush_ms()
+                        yield Medium(kind, fstype, label, fs_device, target, size, details)
             finally:
                 loop.close()        # autoclear: the loop device goes with the last user
                 _wait_detached(loop.path)

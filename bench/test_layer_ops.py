@@ -6,8 +6,9 @@
 Each figure comes with what bounds it, measured in the same test on the same
 filesystem, in ``extra_info``:
 
-- ``flushes``: fsync/fdatasync calls per operation, counted by wrapping ``os.fsync``
-  and ``os.fdatasync`` (every flush of the product goes through them);
+- ``flushes``: fsync/fdatasync/syncfs calls per operation, counted by wrapping
+  ``os.fsync``, ``os.fdatasync`` and ``kernel.sync.syncfs`` (every flush of the product
+  goes through them);
 - ``floor_ms``: the durability floor of one operation, an append of one line to a
   file and its fdatasync (create, snapshot and remove each need one);
 - ``kernel_ms`` (overlay2 mount): the kernel's own overlay mount and umount of the
@@ -39,20 +40,22 @@ THREADS = 8
 
 @contextlib.contextmanager
 def counted_flushes() -> Iterator[list[int]]:
-    """Count os.fsync/os.fdatasync calls (the product's only flushes) while inside."""
+    """Count os.fsync, os.fdatasync and kernel.sync.syncfs calls (the product's only
+    flushes) while inside."""
+    from graphdrivers.kernel import sync
     count = [0]
-    real = os.fsync, os.fdatasync
+    real = os.fsync, os.fdatasync, sync.syncfs
 
     def wrap(fn: Callable[[int], None]) -> Callable[[int], None]:
         def flush(fd: int) -> None:
             count[0] += 1
             fn(fd)
         return flush
-    os.fsync, os.fdatasync = wrap(real[0]), wrap(real[1])
+    os.fsync, os.fdatasync, sync.syncfs = (wrap(f) for f in real)
     try:
         yield count
     finally:
-        os.fsync, os.fdatasync = real
+        os.fsync, os.fdatasync, sync.syncfs = real
 
 
 def flush_floor_ms(directory: Path, rounds: int = 30) -> float:

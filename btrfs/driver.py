@@ -24,7 +24,7 @@ import os
 import pathlib
 import shutil
 import threading
-from typing import BinaryIO, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Mapping
 
 from graphdrivers import faults
 from graphdrivers.kernel import statfs as fsinfo
@@ -42,6 +42,9 @@ from graphdrivers.store.refcount import RefCounter
 from graphdrivers.usage import paths_usage, tree_usage
 
 from . import quota, subvol
+
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
 
 faults.register(
     "btrfs",
@@ -219,6 +222,20 @@ class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
     def _unmount_data(self, id: str, record: LayerRecord | None) -> None:
         self._refs.decrement(str(self._dir(id)))
 
+    # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
+    def check_findings(self) -> list[Finding]:
+        from . import check
+        return check.findings(self)
+
+    def _quarantine_data(self, id: str, dest: pathlib.Path) -> None:
+        """A subvolume moves by rename like a directory (same filesystem); its qgroup
+        and limit go with it."""
+        path = self._dir(id)
+        if os.path.lexists(path):
+            os.rename(path, dest)
+        self._quota_file(id).unlink(missing_ok=True)
+        self._refs.forget(str(path))
+
     # -- LayerMounts (capabilities.py) -------------------------------------------
     def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
         self._record(check_id(id))
@@ -249,6 +266,10 @@ class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
             ("Min Space", format_size(self.min_space) if self.min_space else "none"),
             ("Diff", "native (btrfs generations)" if self.native_diff else "naive (tree walk)"),
         ]
+
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        size = record.fields.get("size")
+        return {"size": str(size)} if size else {}
 
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
         path = self._dir(record.id)

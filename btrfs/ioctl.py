@@ -36,6 +36,7 @@ QUOTA_RESCAN_WAIT = ioc.io(MAGIC, 46)
 INODE_ITEM_KEY = 1
 INODE_REF_KEY = 12
 INODE_EXTREF_KEY = 13
+ROOT_ITEM_KEY = 132
 ROOT_REF_KEY = 156
 QGROUP_STATUS_KEY = 240
 QGROUP_INFO_KEY = 242
@@ -245,6 +246,10 @@ def quota_ctl(fd: int, cmd: int) -> None:
 
 
 QUOTA_ENABLE = 1
+
+
+def qgroup_create(fd: int, qgroupid: int) -> None:
+    fcntl.ioctl(fd, QGROUP_CREATE, QGROUP_CREATE_ARGS.pack(create=1, qgroupid=qgroupid))
 
 
 def qgroup_destroy(fd: int, qgroupid: int) -> None:

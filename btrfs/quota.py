@@ -81,6 +81,23 @@ def set_limit(subvolume: str | os.PathLike, size: int) -> None:
         os.close(fd)
 
 
+def subvolume_qgroups(path: str | os.PathLike) -> list[int]:
+    """The level-0 qgroups (0/<subvolume id>) of the filesystem holding ``path``, from
+    their info items; empty when quotas are off."""
+    fd = _open(path)
+    try:
+        return sorted(item.offset for item in ioctl.tree_search(
+            fd, ioctl.QUOTA_TREE_OBJECTID, (0, ioctl.QGROUP_INFO_KEY, ioctl.FIRST_FREE_OBJECTID),
+            (0, ioctl.QGROUP_INFO_KEY, (1 << 48) - 1), buf_size=65536)
+            if item.type == ioctl.QGROUP_INFO_KEY)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:   # no quota tree
+            return []
+        raise
+    finally:
+        os.close(fd)
+
+
 def consistent(path: str | os.PathLike) -> bool:
     """False when the kernel has marked the qgroup numbers out of date. It then stops
     accounting (no limit is enforced on the whole filesystem) until a rescan."""

@@ -153,3 +153,13 @@ def sync(path: str | os.PathLike) -> None:
     """Commit the running transaction of the filesystem holding ``path``."""
     with _opened(path) as fd:
         ioctl.sync(fd)
+
+
+def subvolume_ids(path: str | os.PathLike) -> set[int]:
+    """Ids of every subvolume on the filesystem holding ``path`` (its root items),
+    including deleted ones the cleaner has not dropped yet."""
+    with _opened(path) as fd:
+        return {item.objectid for item in ioctl.tree_search(
+            fd, ioctl.ROOT_TREE_OBJECTID, (ioctl.FIRST_FREE_OBJECTID, ioctl.ROOT_ITEM_KEY, 0),
+            (ioctl.LAST_FREE_OBJECTID, ioctl.ROOT_ITEM_KEY, ioctl.U64_MAX))
+            if item.type == ioctl.ROOT_ITEM_KEY}

@@ -8,10 +8,20 @@ unrecorded before its device goes (the Driver template's crash rule): a device
 record without a layer record is a crash's leftover, deleted at the next load.
 It is activated for a mount,
 deactivated after the last unmount (deferred by the kernel while still open,
-with ``dm.use_deferred_removal``), grown when its record grows, and deleted:
-its blocks discarded first on loop pools (``dm.blkdiscard``: the data file gets
-its space back), and, when it is still busy and ``dm.use_deferred_deletion`` is
-on, its record moved to ``deleted/`` and the deletion retried in the background.
+with ``dm.use_deferred_removal``), grown when its record grows, and deleted.
+
+Where blocks are discarded before the delete (``dm.blkdiscard``, on for loop
+pools: the data file gets its space back), a remove does not wait for it: its
+device record moves to ``deleted/`` (the queue, durable: metadata.park) and a
+worker discards and deletes the queued devices in batches, one pool transaction
+per batch, off the caller's path: a thread woken by each remove (and every
+``deferred_delete_period`` for the busy ones), drained by ``cleanup()`` within
+``drain_timeout`` and by the next ``load()`` (after a crash). Elsewhere the
+device is deleted at once, and, when it is still busy and
+``dm.use_deferred_deletion`` is on, queued the same way. A queued device is
+activated under a name of its own (``<prefix>-deleted-<id>``), since its layer id
+may already belong to a new layer, and is never deleted while a live record has
+its id.
 
 Locks, and the one order they are taken in
 ------------------------------------------
@@ -28,6 +38,10 @@ Locks, and the one order they are taken in
    that serialises every change of the pool (message + transaction record,
    resize) across threads and processes.
 
+The deletion queue's drainer (``ThinDevices.drain``: a thread lock, then the
+``deleting.lock`` flock, non-blocking across processes) is taken before 2 and 3
+and never while holding either, nor any id lock.
+
 Always 1 → 2 → 3, any prefix allowed, never backwards: nothing holding the pool
 lock takes the RLock, and nothing holding either takes an id lock. The layer
 store's home flock is taken inside single store calls only, under 1 and never
@@ -43,6 +57,7 @@ import logging
 import os
 import pathlib
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -53,7 +68,7 @@ from graphdrivers.options import format_size
 from . import dm, faults, filesystem
 from .config import Config
 from .metadata import DeviceRecord, MetadataStore
-from .pool import Pool, PoolLock, block_path, device_prefix, thin_status
+from .pool import Pool, PoolLock, block_path, device_prefix, thin_status, try_flock
 from .transaction import NothingMade, TransactionLog
 
 log = logging.getLogger(__name__)
@@ -66,6 +81,14 @@ class ThinDevices:
     """The thin devices of one home: pool, records, transaction log, id allocator."""
 
     deferred_delete_period = 30.0     # seconds between retries of busy deletions
+    drain_timeout = 60.0              # seconds cleanup() and load() spend on the queue
+    batch_size = 32                   # queued devices deleted in one pool transaction
+    # removes come in bursts (an image's layers): the worker starts once none was queued
+    # for settle_delay seconds, or max_delay after the first, so that its discards (kernel
+    # work, and hole punches whose journal commits the callers' flushes wait for) do not
+    # run under the burst, and its batches hold more devices
+    settle_delay = 0.5
+    max_delay = 5.0
 
     def __init__(self, home: pathlib.Path, cfg: Config,
                  others_use_pool: Callable[[], bool] = lambda: False) -> None:
@@ -76,6 +99,10 @@ class ThinDevices:
         self.closed = False
         self._active: dict[str, str] = {}  # dm devices this instance activated: name -> layer
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._last_queued = 0.0                     # time.monotonic() of the last park
+        self._drain_lock = threading.Lock()         # one drainer per process...
+        self._drain_flock = home / "deleting.lock"  # ...and per home
         self._worker: threading.Thread | None = None
         self.pool: Pool | None = None
         fresh = not (home / "metadata" / "base").exists()
@@ -95,7 +122,12 @@ class ThinDevices:
         except BaseException:
             self.close()
             raise
-        if self.deferred_deletion:
+
+    def start_worker(self) -> None:
+        """Finish what the queue holds (a crash's, bounded), then start the worker that
+        deletes queued devices (after the driver's orphan pass queued its orphans)."""
+        self.drain(time.monotonic() + self.drain_timeout)
+        if self.deferred_deletion or self.defer_deletes:
             self._worker = threading.Thread(target=self._deletion_worker, daemon=True,
                                             name="devicemapper-deferred-deletion")
             self._worker.start()
@@ -125,6 +157,8 @@ class ThinDevices:
             raise InvalidOption("dm.use_deferred_deletion needs deferred removal, which is off")
         blkdiscard = self.cfg.blkdiscard
         self.blkdiscard = self.cfg.uses_loop_files if blkdiscard is None else blkdiscard
+        # the discard is what makes a delete slow: queue such deletes for the worker
+        self.defer_deletes = self.blkdiscard
 
     def _setup_base(self) -> None:
         base = self.store.base()
@@ -266,12 +300,20 @@ class ThinDevices:
             raise
 
     def delete(self, record: DeviceRecord, *, sync: bool) -> bool:
-        """Delete a thin device; returns False when it was busy and its deletion was deferred."""
+        """Delete a thin device; returns False when its deletion was queued (busy, or a
+        discard to do first: the worker deletes it)."""
         assert self.pool is not None
         with self.lock:
+            if not sync and self.defer_deletes and not record.deleted:
+                self._deactivate(record.layer, deferred=self.deferred_deletion)
+                self.store.park(record)
+                faults.point("devmapper.remove.after_park")
+                self._last_queued = time.monotonic()
+                self._wake.set()
+                return False
             if not record.deleted:
                 if self.blkdiscard:
-                    self._discard(record)
+                    self._discard(record, self.devname(record.layer))
                 self._deactivate(record.layer, deferred=self.deferred_deletion and not sync)
             with self.changing_pool():
                 if record.deleted and self.store.parked(record.device_id) is None:
@@ -307,10 +349,10 @@ class ThinDevices:
             faults.point("devmapper.remove.after_register")
         return deferred
 
-    def _discard(self, record: DeviceRecord) -> None:
-        """Give the layer's blocks back to the loop file (punches holes through the pool)."""
+    def _discard(self, record: DeviceRecord, name: str) -> None:
+        """Give the device's blocks back to the loop file (punches holes through the pool),
+        through dm device ``name`` (activated here if it is not)."""
         assert self.pool is not None
-        name = self.devname(record.layer)
         info = dm.info(name)
         if info is not None and info.open_count:
             return
@@ -323,22 +365,131 @@ class ThinDevices:
         except (OSError, ValueError, DriverError) as exc:
             log.warning("devicemapper: discard of %s failed: %s", name, exc)
 
+    # -- the deletion queue (deleted/) ---------------------------------------
     def cleanup_deleted(self) -> int:
-        """Retry the deletion of devices that were busy; returns how many are still pending."""
+        """Discard and delete the queued devices now; returns how many are still pending."""
         with self.lock:
             if self.closed:
                 return 0
-            for record in self.store.deleted():
-                try:
-                    self.delete(record, sync=False)
-                except (OSError, DriverError) as exc:
-                    log.debug("devicemapper: deferred deletion of %d: %s", record.device_id, exc)
-            return len(self.store.deleted())
+        self.drain(None)
+        return len(self.store.deleted())
+
+    def drain(self, deadline: float | None, stop: threading.Event | None = None) -> None:
+        """Discard and delete queued devices, in batches, until the queue is empty (but for
+        busy ones) or ``deadline`` (time.monotonic()) passed. Only the instance lock and
+        the pool lock over each batch's pool transaction: creates and removes go on
+        meanwhile. Another process draining the same home is left to it."""
+        if not self._drain_lock.acquire(timeout=-1 if deadline is None
+                                        else max(0.0, deadline - time.monotonic())):
+            return
+        try:
+            with try_flock(self._drain_flock) as held:
+                if not held:
+                    return
+                seen: set[int] = set()
+                live = self.store.live_device_ids()
+                while ((deadline is None or time.monotonic() < deadline)
+                       and not (stop is not None and stop.is_set())):
+                    batch = [r for r in self.store.deleted() if r.device_id not in seen]
+                    if not batch or self.closed or self.pool is None:
+                        return
+                    batch = batch[:self.batch_size]
+                    seen.update(r.device_id for r in batch)
+                    for record in [r for r in batch if r.device_id in live]:
+                        # neither discarded nor deleted: its blocks are a live layer's
+                        log.error("devicemapper: queued device %d is also in a live record; "
+                                  "left alone", record.device_id)
+                    ready = [r for r in batch
+                             if r.device_id not in live and self._discard_queued(r)]
+                    if ready:
+                        self._delete_queued(ready)
+        finally:
+            self._drain_lock.release()
+
+    def _still_open(self, record: DeviceRecord) -> bool:
+        """Whether the removed layer's own dm device (its removal deferred) still maps
+        this thin device: open elsewhere; its id may already name a new layer's device."""
+        if record.layer == "":
+            return False
+        name = self.devname(record.layer)
+        try:
+            rows = dm.table(name) if dm.info(name) is not None else []
+        except OSError:
+            return False
+        return any(row[2] == "thin" and row[3].split()[1:2] == [str(record.device_id)]
+                   for row in rows)
+
+    def _discard_queued(self, record: DeviceRecord) -> bool:
+        """The discard of one queued device; False while it is still open (not deletable)."""
+        assert self.pool is not None
+        if self._still_open(record):
+            return False
+        if self.blkdiscard and record.size > 0:
+            name = f"{self.prefix}-deleted-{record.device_id}"
+            self._discard(record, name)
+            try:
+                self.pool.deactivate(name)
+            except OSError as exc:
+                log.warning("devicemapper: deactivating %s: %s", name, exc)
+                return False
+            faults.point("devmapper.remove.after_discard")
+        return True
+
+    def _delete_queued(self, records: list[DeviceRecord]) -> None:
+        """Delete discarded queued devices in one pool transaction and drop their records."""
+        assert self.pool is not None
+        with self.changing_pool():
+            if self.closed:
+                return
+            live = self.store.live_device_ids()
+            ids = []
+            for record in records:
+                if self.store.parked(record.device_id) is None:
+                    continue          # another process on this home finished it
+                if record.device_id in live:
+                    # an orphan record of the same device not queued yet (after a crash),
+                    # or a live layer's: never delete it from here
+                    log.error("devicemapper: queued device %d is also in a live record; "
+                              "not deleted", record.device_id)
+                    continue
+                ids.append(record.device_id)
+            if not ids:
+                return
+            gone = []
+            with self.txn.open("delete-parked", "remove", "", ids[0], ids):
+                for device_id in ids:
+                    try:
+                        self.pool.delete_thin(device_id)
+                    except OSError as exc:
+                        if exc.errno != errno.ENODATA:   # busy: stays queued
+                            log.debug("devicemapper: deferred deletion of %d: %s", device_id, exc)
+                            continue
+                    gone.append(device_id)
+                faults.point("devmapper.remove.after_message")
+                self.store.unpark(gone)
+                faults.point("devmapper.remove.after_register")
+            for device_id in gone:
+                self.alloc.free(device_id)
+
+    def _settle(self) -> None:
+        """Wait for a pause in the removes (settle_delay), at most max_delay."""
+        start = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            idle = now - self._last_queued
+            if idle >= self.settle_delay or now - start >= self.max_delay:
+                return
+            self._stop.wait(min(self.settle_delay - idle, start + self.max_delay - now))
 
     def _deletion_worker(self) -> None:
-        while not self._stop.wait(self.deferred_delete_period):
+        while not self._stop.is_set():
+            self._wake.wait(self.deferred_delete_period)
+            self._wake.clear()
+            self._settle()
+            if self._stop.is_set():
+                return
             try:
-                self.cleanup_deleted()
+                self.drain(None, self._stop)
             except Exception:   # keep retrying; a failure here must not kill the driver
                 log.exception("devicemapper: deferred deletion")
 
@@ -405,6 +556,7 @@ class ThinDevices:
     # -- shutdown ---------------------------------------------------------
     def stop_worker(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._worker is not None:
             self._worker.join(timeout=10)
 

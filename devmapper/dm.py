@@ -19,12 +19,30 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import stat
 import struct
 import threading
 import time
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+# dm.libdm_log_level: libdevmapper's levels (2 fatal .. 7 debug) as Docker forwards them
+# to its log (3 error, 4 warning, 5/6 info, 7 debug); 2, Docker's default, shows nothing
+LIBDM_LEVELS = {2: logging.CRITICAL, 3: logging.ERROR, 4: logging.WARNING, 5: logging.INFO,
+                6: logging.INFO, 7: logging.DEBUG}
+
+
+def set_log_level(libdm_level: int) -> None:
+    """Filter this module's messages (each ioctl at debug, a failure at error, or at
+    info for ENXIO/EBUSY, which callers expect) as
+    ``dm.libdm_log_level`` does libdevmapper's; the process's log level still applies
+    on top (level 7 shows debug lines only when graphdrivers logs at debug)."""
+    general = logging.getLogger("graphdrivers").getEffectiveLevel()
+    log.setLevel(max(LIBDM_LEVELS[libdm_level], general))
+
 
 CONTROL = "/dev/mapper/control"
 MAPPER_DIR = "/dev/mapper"
@@ -164,6 +182,7 @@ def _ioctl(cmd: int, name: str = "", *, flags: int = 0, payload: bytes = b"", uu
     uuid_b = _encode_name(uuid, UUID_LEN, "uuid") if uuid else b""
     size = max(out_size, HEADER_SIZE + len(payload) + 8)
     fd = _control()
+    started = time.monotonic()
     while True:
         buf = bytearray(size)
         _HEADER.pack_into(buf, 0, *VERSION, size, HEADER_SIZE, target_count, 0, flags, event_nr, 0, 0,
@@ -172,11 +191,18 @@ def _ioctl(cmd: int, name: str = "", *, flags: int = 0, payload: bytes = b"", uu
         try:
             fcntl.ioctl(fd, _iowr(cmd), buf, True)
         except OSError as exc:
-            raise DmError(exc.errno or errno.EIO, op, name) from None
+            code = exc.errno or errno.EIO
+            # "no such device" and "busy" are answers callers ask for (lookups, retried
+            # removes); anything else is a device-mapper error worth an operator's eye
+            log.log(logging.INFO if code in (errno.ENXIO, errno.EBUSY) else logging.ERROR,
+                    "%s %s: %s", op, name or "-", os.strerror(code))
+            raise DmError(code, op, name) from None
         reply = _Reply(buf)
         if reply.flags & BUFFER_FULL_FLAG and size < _MAX_BUFFER:
             size *= 4
             continue
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s ok in %.2f ms", op, name or "-", (time.monotonic() - started) * 1000)
         return reply
 
 

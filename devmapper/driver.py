@@ -27,15 +27,17 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Any, Callable, Iterable, Mapping
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from graphdrivers.capabilities import PoolAdmin
+from graphdrivers.capabilities import DiffFromChanges, PoolAdmin
 from graphdrivers.driver import Driver
 from graphdrivers.errors import DriverError, InvalidOption, LayerInUse, LayerNotFound, NotSupported
 from graphdrivers.layerid import is_valid_id
 from graphdrivers.kernel.mount import MNT_DETACH, is_mountpoint, umount
 from graphdrivers.naivediff import NaiveDiff
 from graphdrivers.options import format_size, parse_options
+from graphdrivers.store.atomicfile import fsync_dir, write_json
 from graphdrivers.store.layers import LayerRecord
 from graphdrivers.store.refcount import RefCounter
 
@@ -47,10 +49,13 @@ from .metadata import DeviceRecord, MetadataStore
 from .pool import Pool
 from .transaction import TransactionLog
 
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
+
 log = logging.getLogger(__name__)
 
 
-class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
+class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, Driver):
     name = "devicemapper"
     OPTIONS = OPTIONS
     RESIZE_OPTIONS = {"dm.loopdatasize": "data_size", "dm.loopmetadatasize": "metadata_size"}
@@ -64,6 +69,7 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
     def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None):
         super().__init__(home, options)
         self.cfg: Config = parse_config(options)   # before touching anything
+        dm.set_log_level(self.cfg.log_level)
         self.probe(self.home)
         self._refs = RefCounter(is_mountpoint, self.home_run)
         self._served: set[str] = set()      # mounts held for containerd (external.py)
@@ -79,6 +85,7 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
             self.mnt = self.devices.mnt
             self._lock = self.devices.lock   # lock 2 of the order in devices.py
             self._open_store()               # after the pool's own transaction is resolved
+            self.devices.start_worker()      # after the orphan pass queued the orphans
         except BaseException:
             self._closed = True
             if hasattr(self, "devices"):
@@ -224,6 +231,17 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
             return
         self.devices.unmount(id, mountpoint)
 
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        # a size was given when the device is larger than the one it was snapshotted from
+        device = self.store.layer(record.id)
+        origin = self.store.base() if record.parent is None else self.store.layer(record.parent)
+        if device is None or origin is None or device.size <= origin.size:
+            return {}
+        return {"size": str(device.size)}
+
+    def space_available(self) -> int | None:
+        return self.pool_status()["data_available"]
+
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
         device = self._device(record.id)
         return {"DeviceId": str(device.device_id), "DeviceSize": str(device.size),
@@ -240,6 +258,15 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
     # -- pool -------------------------------------------------------------
     def status(self) -> list[tuple[str, str]]:
         return poolreport.status_rows(self.devices)
+
+    def status_notes(self) -> dict[str, str]:
+        return {
+            "Udev Sync Supported": "false by design: device nodes are made here and nothing "
+                                   "waits for udev, so this is not the data-loss warning it "
+                                   "is in Docker",
+            "Library Version": "the kernel's device-mapper interface, driven through raw "
+                               "ioctls; there is no libdevmapper",
+        }
 
     def pool_status(self) -> dict[str, Any]:
         """The pool in numbers (bytes), for `graphdrivers pool status` and embedding engines."""
@@ -262,8 +289,35 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
                                       extend_metadata=extend_metadata)
 
     def cleanup_deleted(self) -> int:
-        """Retry the deletion of devices that were busy; returns how many are still pending."""
+        """Discard and delete the queued devices of removed layers now (those that are not
+        busy); returns how many are still pending."""
         return self.devices.cleanup_deleted()
+
+    # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
+    def check_findings(self) -> list[Finding]:
+        from . import check
+        return check.findings(self)
+
+    def _quarantine_data(self, id: str, dest: pathlib.Path) -> None:
+        """The device record goes into the quarantine (the thin device stays in the pool
+        under its id, which check then leaves alone); the device is deactivated."""
+        with self._lock:
+            record = self.store.layer(id)
+            if record is None:
+                return
+            mountpoint = self.mnt / id
+            if is_mountpoint(mountpoint):
+                umount(mountpoint, MNT_DETACH)     # stale: nobody holds it (_busy)
+            self.devices.deactivate(id)
+            write_json(dest, record.to_json())
+            self.store.remove(record)
+            fsync_dir(self.store.layers_dir)    # else the record may come back, an orphan
+            with contextlib.suppress(OSError):
+                os.rmdir(mountpoint)
+
+    def _mount_layer(self, mountpoint: str) -> str | None:
+        parent, name = os.path.split(mountpoint)
+        return name if parent == str(self.mnt) and is_valid_id(name) else None
 
     # -- shutdown ---------------------------------------------------------
     def release(self) -> None:
@@ -296,6 +350,8 @@ class DeviceMapperDriver(NaiveDiff, ExternalMounts, PoolAdmin, Driver):
                         self.devices.deactivate(layer, deferred=self.deferred_removal)
                     except OSError as exc:   # open elsewhere, without deferred removal
                         log.warning("devicemapper: deactivating the device of %s: %s", layer, exc)
+        # the queued deletions, bounded (what is left, the next load finishes)
+        self.devices.drain(time.monotonic() + self.devices.drain_timeout)
         with self.devices.lock:
             self.devices.close()
             self.home_run.set_hold(self._pool_hold, 0)

@@ -4,7 +4,8 @@ Layout under ``<home>/metadata`` (``home`` = ``<load home>/devicemapper``)::
 
     base                    record of the base device (the thin device holding the fresh filesystem)
     layers/<id>             the device of each layer: device id, size, transaction id
-    deleted/<device id>     records of devices whose deletion is deferred (still busy)
+    deleted/<device id>     the deletion queue: devices of removed layers waiting for their
+                            discard and delete (or still busy), deleted by the worker
     deviceset-metadata      {"next_device_id", "base_uuid", "base_fs"}
     transaction-metadata    the open transaction, present only while one is open
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -59,9 +60,11 @@ class DeviceRecord:
 @dataclass
 class Transaction:
     open_transaction_id: int
-    op: str              # "create" (undone on rollback) or "delete" (finished on rollback)
+    op: str              # "create" (undone on rollback), "delete" or "delete-parked" (finished)
     layer: str           # layer id, "" for the base device
     device_id: int
+    # "delete-parked": the queued devices (deleted/) this one transaction deletes
+    device_ids: list[int] = field(default_factory=list)
 
 
 class DeviceIdAllocator:
@@ -130,6 +133,27 @@ class MetadataStore:
         live_layer = record.layer != "" and not record.deleted
         _unlink(self._path(record), flush=not live_layer)
 
+    def park(self, record: DeviceRecord) -> DeviceRecord:
+        """Queue a removed layer's device for deletion: rename ``layers/<id>`` to
+        ``deleted/<device id>`` (one flush: the queue's directory).
+
+        Atomic, so the record is in one place or the other. The flush is for the same
+        layer id made again (by any process): its new record flushes ``layers/``, and
+        the queued entry must not be lost behind it (a leaked thin device). A lost
+        unlink from ``layers/`` brings back an orphan that the next load queues again."""
+        os.rename(self._path(record), self.deleted_dir / str(record.device_id))
+        fsync_dir(self.deleted_dir)
+        record.deleted = True
+        return record
+
+    def unpark(self, device_ids: list[int]) -> None:
+        """Drop the queued records of deleted devices; one flush for all: an id is
+        freed only after it, so no new device can meet an old queued record of its id."""
+        for device_id in device_ids:
+            _unlink(self.deleted_dir / str(device_id), flush=False)
+        if device_ids:
+            fsync_dir(self.deleted_dir)
+
     def mark_deleted(self, record: DeviceRecord) -> DeviceRecord:
         """Move a record to ``deleted/`` (new file first: a crash leaves it in both, never in none)."""
         live_path = self._path(record)
@@ -169,9 +193,9 @@ class MetadataStore:
 
     def deleted(self) -> list[DeviceRecord]:
         records = []
-        for entry in sorted(os.listdir(self.deleted_dir)):
+        for entry in sorted(os.listdir(self.deleted_dir), key=lambda e: (len(e), e)):
             if entry.isdigit():
-                record = self._read(self.deleted_dir / entry)
+                record = self._read_parked(self.deleted_dir / entry)
                 if record is not None:
                     records.append(record)
         return records
@@ -188,7 +212,15 @@ class MetadataStore:
 
     def parked(self, device_id: int) -> DeviceRecord | None:
         """The record of a device waiting for deferred deletion, if still there."""
-        return self._read(self.deleted_dir / str(device_id))
+        return self._read_parked(self.deleted_dir / str(device_id))
+
+    def live_device_ids(self) -> set[int]:
+        """Device ids of the base and of every layer record (not the queue's)."""
+        ids = {r.device_id for r in self.layers()}
+        base = self.base()
+        if base is not None:
+            ids.add(base.device_id)
+        return ids
 
     def all_device_ids(self) -> set[int]:
         ids = {r.device_id for r in self.layers()} | {r.device_id for r in self.deleted()}
@@ -196,6 +228,12 @@ class MetadataStore:
         if base is not None:
             ids.add(base.device_id)
         return ids
+
+    def _read_parked(self, path: Path) -> DeviceRecord | None:
+        record = self._read(path)
+        if record is not None:
+            record.deleted = True     # park() moves a layer's record unchanged
+        return record
 
     def _read(self, path: Path) -> DeviceRecord | None:
         try:
@@ -222,7 +260,8 @@ class MetadataStore:
         except FileNotFoundError:
             return None
         return Transaction(int(data["open_transaction_id"]), str(data["op"]),
-                           str(data["layer"]), int(data["device_id"]))
+                           str(data["layer"]), int(data["device_id"]),
+                           [int(i) for i in data.get("device_ids", [])])
 
     def save_transaction(self, txn: Transaction) -> None:
         write_json(self.root / "transaction-metadata", asdict(txn))
@@ -238,6 +277,7 @@ class MetadataStore:
         txn = self.transaction()
         if txn is not None:
             used.add(txn.device_id)
+            used.update(txn.device_ids)
         return DeviceIdAllocator(used, int(self.deviceset().get("next_device_id", 0)))
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from graphdrivers.kernel import loop as loopback
 from graphdrivers.store.atomicfile import fsync_dir
@@ -442,3 +444,20 @@ class PoolLock:
             os.close(self._fd)
             self._fd = -1
         self._rlock.release()
+
+
+@contextmanager
+def try_flock(path: Path) -> Iterator[bool]:
+    """A non-blocking exclusive flock on ``path`` while inside: yields whether it was had
+    (work that one process at a time does, and that another holder is doing already)."""
+    import fcntl
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

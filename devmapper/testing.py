@@ -10,6 +10,7 @@ and afterwards removes every mount, dm device and loop device the test left.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -77,6 +78,30 @@ def teardown(root: Path, keep: set[str]) -> None:
                 loopback.detach("/dev/" + entry.parts[3])
             except OSError:
                 pass
+
+
+def pool_device_ids(pool, upto: int) -> set[int]:
+    """Thin ids the kernel pool holds below ``upto``, probed with create_thin (EEXIST = taken)."""
+    taken = set()
+    for device_id in range(upto):
+        try:
+            pool.create_thin(device_id)
+        except OSError as exc:
+            assert exc.errno == errno.EEXIST, exc
+            taken.add(device_id)
+        else:
+            pool.delete_thin(device_id)
+    return taken
+
+
+def wait_for(condition, timeout: float, step: float = 0.2) -> bool:
+    """Poll ``condition`` until true or ``timeout`` seconds passed; returns the last answer."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return bool(condition())
+        time.sleep(step)
+    return True
 
 
 def _is_pool(name: str) -> bool:

@@ -10,7 +10,10 @@ open id → committed; lower → resolved on the next start:
 * a create is undone: the thin device is deleted and its record removed, so no
   half-made layer and no leaked device id survive;
 * a delete is finished: the device is deleted (or, still busy, queued for
-  deferred deletion) and its record removed.
+  deferred deletion) and its record removed;
+* a batch delete of queued devices (``delete-parked``: the worker's, several ids in
+  one transaction) is finished likewise: each device still in the queue and owned
+  by no live record is deleted and its queued record dropped.
 
 Several processes may share the pool (one at a time in a transaction: the pool
 lock). A process whose id allocator is behind may open a create for an id
@@ -48,10 +51,12 @@ class TransactionLog:
         self.current = pool.transaction_id()
 
     @contextmanager
-    def open(self, op: str, step: str, layer: str, device_id: int) -> Iterator[Transaction]:
-        """Run one pool change; ``op`` is "create" or "delete", ``step`` names fault points."""
+    def open(self, op: str, step: str, layer: str, device_id: int,
+             device_ids: list[int] | None = None) -> Iterator[Transaction]:
+        """Run one pool change; ``op`` is "create", "delete" or "delete-parked" (then
+        ``device_ids`` are the queued devices it deletes), ``step`` names fault points."""
         self.current = self.pool.transaction_id()   # another process may have moved it
-        txn = Transaction(self.current + 1, op, layer, device_id)
+        txn = Transaction(self.current + 1, op, layer, device_id, list(device_ids or ()))
         self.store.save_transaction(txn)
         faults.point(f"devmapper.{step}.after_open")
         try:
@@ -81,6 +86,8 @@ class TransactionLog:
         return outcome
 
     def _resolve(self, txn: Transaction) -> str:
+        if txn.op == "delete-parked":
+            return self._finish_parked(txn.device_ids)
         if txn.op == "create" and self.store.owned_elsewhere(txn.device_id, txn.layer):
             # the id was another device's (an allocator behind another process's): the
             # message failed, nothing of this transaction is in the pool
@@ -106,3 +113,25 @@ class TransactionLog:
             self.store.save(DeviceRecord(txn.layer, txn.device_id, 0, deleted=True))
         verb = "rolled back" if txn.op == "create" else "finished"
         return verb if deleted else f"{verb}; device still busy, deletion deferred"
+
+    def _finish_parked(self, device_ids: list[int]) -> str:
+        """Delete the queued devices of an interrupted batch (those still queued)."""
+        live = self.store.live_device_ids()
+        gone, busy = [], 0
+        for device_id in device_ids:
+            if self.store.parked(device_id) is None:
+                continue                      # finished before the crash
+            if device_id in live:             # never a live layer's device
+                log.error("devicemapper: queued device %d belongs to a live record; "
+                          "not deleted", device_id)
+                continue
+            try:
+                self.pool.delete_thin(device_id)
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    busy += 1
+                    log.warning("devicemapper: deleting device %d: %s", device_id, exc)
+                    continue
+            gone.append(device_id)
+        self.store.unpark(gone)
+        return "finished" + (f"; {busy} device(s) still busy, deletion deferred" if busy else "")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 
 class PoolAdmin(abc.ABC):
@@ -65,3 +65,14 @@ class LayerMounts(abc.ABC):
         """The caller no longer mounts what ``layer_mounts`` returned for ``id`` (it is
         committed, about to be removed, or was never handed out): drop what the driver
         holds for it. Idempotent; nothing to do for most drivers."""
+
+
+class DiffFromChanges(abc.ABC):
+    """The driver's diff is its change list exported (NaiveDiff): a caller that already
+    listed a layer's changes (graphdrivers migrate, for the layer's size and its
+    verification) hands them back instead of paying for a second tree comparison."""
+
+    @abc.abstractmethod
+    def diff_from_changes(self, id: str, changes: list) -> BinaryIO:
+        """``diff(id)`` (against its own parent) made from ``changes``, which
+        ``changes(id)`` returned for the layer as it still is."""

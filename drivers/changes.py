@@ -2,9 +2,11 @@
 
 - an entry only in the layer is ADD (with every entry below it), an entry only
   in the parent is one DELETE (its children are not listed);
-- an entry in both is MODIFY when it differs: directories by mode, owner and
-  group; everything else also by device number, size, mtime and the
-  ``security.capability`` xattr;
+- an entry in both is MODIFY when it differs: directories by mode, owner, group
+  and xattrs; everything else also by device number, size and mtime, and regular
+  files by xattrs too. The xattrs compared are the ones a layer tar keeps
+  (``user.*`` and ``security.capability``; Docker compares the capability only, so
+  an xattr-only change was lost from the diff and from a migrated copy);
 - a directory that is itself unchanged but holds changes is listed as MODIFY,
   so the tar recreates it with its attributes before its contents.
 
@@ -22,6 +24,7 @@ import stat
 from graphdrivers.driver import Change, ChangeKind
 
 _CAP = "security.capability"
+_USER = "user."
 
 
 def _entries(path: bytes) -> dict[bytes, os.stat_result]:
@@ -39,25 +42,34 @@ def _entries(path: bytes) -> dict[bytes, os.stat_result]:
     return result
 
 
-def _capability(path: bytes) -> bytes | None:
+def _kept_xattrs(path: bytes) -> list[tuple[str, bytes]] | None:
+    """The xattrs a layer tar keeps, sorted (None: the filesystem has none)."""
     try:
-        return os.getxattr(path, _CAP, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENOENT):
+        if exc.errno in (errno.ENOTSUP, errno.ENOENT):
             return None
         raise
+    kept = []
+    for name in sorted(names):
+        if name.startswith(_USER) or name == _CAP:
+            try:
+                kept.append((name, os.getxattr(path, name, follow_symlinks=False)))
+            except OSError as exc:
+                if exc.errno not in (errno.ENODATA, errno.ENOENT):
+                    raise
+    return kept or None
 
 
 def _differs(new: os.stat_result, old: os.stat_result, new_path: bytes, old_path: bytes) -> bool:
     if (new.st_mode != old.st_mode or new.st_uid != old.st_uid or new.st_gid != old.st_gid):
         return True
-    if stat.S_ISDIR(new.st_mode):
-        return False
-    if (new.st_rdev != old.st_rdev or new.st_size != old.st_size
-            or new.st_mtime_ns != old.st_mtime_ns):
+    is_dir = stat.S_ISDIR(new.st_mode)
+    if not is_dir and (new.st_rdev != old.st_rdev or new.st_size != old.st_size
+                       or new.st_mtime_ns != old.st_mtime_ns):
         return True
-    if stat.S_ISREG(new.st_mode):
-        return _capability(new_path) != _capability(old_path)
+    if is_dir or stat.S_ISREG(new.st_mode):   # the only kinds user.* xattrs may sit on
+        return _kept_xattrs(new_path) != _kept_xattrs(old_path)
     return False
 
 

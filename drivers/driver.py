@@ -13,6 +13,7 @@ A backend implements the storage itself in small protected hooks:
     _remove_data(id)                           delete the data (also a crash's orphans)
     _mount_data(record, label) / _unmount_data(id, record)
     _metadata(record), _data_ids(), _import_records()
+    _layer_options(record)                     the per-layer options it was made with (migrate)
     _diff/_changes/_diff_size/_apply_diff      (NaiveDiff provides them)
 
 Durability: a create or remove flushes once, the layer store's line. The data of a
@@ -38,7 +39,7 @@ import logging
 import os
 import pathlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping
 
 from graphdrivers import faults
 from graphdrivers.errors import LayerExists, LayerInUse, LayerNotFound, from_os_error
@@ -48,6 +49,9 @@ from graphdrivers.options import Option
 from graphdrivers.store.holds import HomeRun
 from graphdrivers.store.layers import LayerRecord, LayerStore
 from graphdrivers.store.locks import IdLocks
+
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
 
 log = logging.getLogger("graphdrivers.driver")
 
@@ -121,12 +125,15 @@ class Driver(abc.ABC):
     def _open_store(self) -> None:
         """Open the layer store (built from the backend's old records on a home from
         before it) and delete what a crash left: layer data without a record."""
+        # what this load's recovery did, for `graphdrivers check` to report
+        self.load_recovery: dict[str, list[str]] = {"removed": [], "rebuilt": []}
         with os_errors(f"open the layer records in {self.home}"):
             self.layer_store = LayerStore(self.home, self._import_records)
             for orphan in self.layer_store.orphans(self._data_ids()):
                 with self._locks.hold(orphan):      # a live process may be creating it
                     if not self.layer_store.exists(orphan):
                         self._remove_data(orphan)
+                        self.load_recovery["removed"].append(orphan)
             self.home_run.remembered(f"rebuilt-{mount_id(self.home)}", self._rebuild_lost)
 
     def _rebuild_lost(self) -> dict[str, list[str]]:
@@ -143,6 +150,7 @@ class Driver(abc.ABC):
                 parent = self.layer_store.get(current.parent) if current.parent else None
                 self._rebuild_data(current, parent)
                 rebuilt.append(current.id)
+                self.load_recovery["rebuilt"].append(current.id)
         if rebuilt:
             log.warning("%s: rebuilt %d layer(s) whose data a power cut lost (their records "
                         "were on disk; the data is as their create made it): %s", self.home,
@@ -191,6 +199,7 @@ class Driver(abc.ABC):
                 self.layer_store.remove(id)           # the record first: from here on it is gone
                 faults.point(f"{self.name}.remove.after_record")
                 self._remove_data(id)
+            self.home_run.clear_abandoned(id)
             self.home_run.forget_lock(id)
 
     def mount(self, id: str, mount_label: str = "") -> pathlib.Path:
@@ -232,6 +241,23 @@ class Driver(abc.ABC):
         with self.home_run.one_look():
             return [self.info(layer_id) for layer_id in self.layers()]
 
+    def layer_options(self, id: str) -> dict[str, str]:
+        """The per-layer storage options that make a layer like this one again (a size
+        limit given at its create, in this driver's spelling); {} when it took none.
+        ``graphdrivers migrate`` passes them to the target driver's create."""
+        return self._layer_options(self._record(check_id(id)))
+
+    def check_layer_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> None:
+        """Raise InvalidOption when ``create`` would refuse these per-layer options."""
+        self._create_options(storage_opt, rw)
+
+    def space_available(self) -> int | None:
+        """Bytes new layer data can still take (None: unknown); the home's filesystem,
+        unless the backend stores layers elsewhere (a thin pool)."""
+        with os_errors(f"measure the free space of {self.home}"):
+            st = os.statvfs(self.home)
+        return st.f_bavail * st.f_frsize
+
     def metadata(self, id: str) -> dict[str, str]:
         record = self._record(check_id(id))
         with os_errors(f"read the metadata of layer {id}"):
@@ -239,6 +265,11 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def status(self) -> list[tuple[str, str]]: ...
+
+    def status_notes(self) -> dict[str, str]:
+        """Status rows whose meaning differs from Docker's, with what they mean here
+        (``graphdrivers status`` prints them under the rows). None by default."""
+        return {}
 
     @abc.abstractmethod
     def cleanup(self) -> None: ...
@@ -266,8 +297,8 @@ class Driver(abc.ABC):
 
     def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
         record, base = self._diff_args(id, parent)
-        with os_errors(f"apply a diff to layer {id}"):
-            return self._apply_diff(record, base, diff)
+        with os_errors(f"apply a diff to layer {id}"), self.home_run.in_flight(id):
+            return self._apply_diff(record, base, diff)   # a kill inside: `check` finds it
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
         record, base = self._diff_args(id, parent)
@@ -281,9 +312,11 @@ class Driver(abc.ABC):
 
     def _create_data(self, record: LayerRecord, parent: LayerRecord | None, options: Any,
                      mount_label: str) -> Mapping[str, Any] | None:
-        """Make the layer's data, complete (no flush: the record's is the only one); return
-        backend fields for its record, enough to rebuild it. On an exception the template
-        calls _remove_data."""
+        """Make the layer's data, complete; return backend fields for its record, enough to
+        rebuild it. No flush as a rule (the record's is the only one: data lost to a power
+        cut is rebuilt at the next load), but data that a cut could leave partial and a
+        load could not tell from complete (vfs's copy of the parent) is flushed here. On
+        an exception the template calls _remove_data."""
         raise NotImplementedError
 
     def _data_present(self, record: LayerRecord) -> bool:
@@ -315,6 +348,10 @@ class Driver(abc.ABC):
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
         return {}
 
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        """The per-layer options ``create`` took for this layer (see layer_options)."""
+        return {}
+
     def _data_ids(self) -> Iterable[str]:
         """Ids the backend has data for, by its own naming scheme (for crash recovery)."""
         return ()
@@ -322,6 +359,25 @@ class Driver(abc.ABC):
     def _import_records(self) -> Iterable[LayerRecord]:
         """Records of a home written before the layer store (its first load)."""
         return ()
+
+    # -- `graphdrivers check` (drivers/check/) ------------------------------
+    def check_findings(self) -> list[Finding]:
+        """The backend's own inspections (its naming scheme's leftovers, kernel objects:
+        subvolumes, qgroups, links, thin devices), each Finding carrying its repair.
+        The framework already compares records with ``_data_present``/``_data_ids``,
+        looks for broken parents, abandoned applies, leaked mounts and loop devices."""
+        return []
+
+    def _quarantine_data(self, id: str, dest: pathlib.Path) -> None:
+        """Move whatever data layer ``id`` has into ``dest`` (a new path in the home's
+        quarantine directory, on the home's filesystem), so that no layer name points
+        at it any more; nothing is deleted. No error when the layer has no data."""
+        raise NotImplementedError(f"{self.name} cannot quarantine a layer's data")
+
+    def _mount_layer(self, mountpoint: str) -> str | None:
+        """The layer whose mount ``mountpoint`` is, by the backend's layout (None: not a
+        layer's): `check` takes that id's lock before it drops a leaked mount."""
+        return None
 
     def _diff(self, record: LayerRecord, parent: str | None) -> BinaryIO:
         raise NotImplementedError

@@ -41,7 +41,8 @@ class CorruptArchive(DriverError):
 
 def from_os_error(exc: OSError, doing: str) -> DriverError:
     """The one translation of an OSError into the error a caller gets: a full disk or
-    quota (ENOSPC, EDQUOT) is NoSpace, anything else a DriverError naming what failed.
+    quota (ENOSPC, EDQUOT) is NoSpace, a failing disk (EIO) a DriverError that says so,
+    anything else a DriverError naming what failed.
     ``doing`` completes "cannot ..." / "no space to ...": "create layer abc"."""
     reason = exc.strerror or str(exc)
     if exc.filename:
@@ -49,6 +50,9 @@ def from_os_error(exc: OSError, doing: str) -> DriverError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"no space to {doing}: {reason}; free space on the backing store "
                        "or raise the size limit")
+    if exc.errno == errno.EIO:
+        return DriverError(f"cannot {doing}: an I/O error ({reason}); the disk or its "
+                           "filesystem failed, see the kernel log")
     return DriverError(f"cannot {doing}: {reason}")
 
 

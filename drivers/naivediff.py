@@ -13,7 +13,7 @@ from typing import BinaryIO, Callable
 
 from graphdrivers.archive import PLAIN, WhiteoutFormat, apply_tar, export_changes, export_tree
 from graphdrivers.changes import changes_size, compare_trees
-from graphdrivers.driver import Change
+from graphdrivers.driver import Change, os_errors
 from graphdrivers.store.layers import LayerRecord
 
 
@@ -57,6 +57,25 @@ class NaiveDiff:
             finally:
                 self.unmount(parent)       # only the layer is read while streaming
             return export_changes(layer_root, changes, on_close=release)
+        except BaseException:
+            release()
+            raise
+
+    def diff_from_changes(self, id: str, changes: list[Change]) -> BinaryIO:
+        """capabilities.DiffFromChanges, for the drivers that declare it (their diff is
+        always this one): the layer's diff against its own parent from ``changes``."""
+        self._diff_args(id, None)           # type: ignore[attr-defined]
+        layer_root = self.mount(id)
+        closed = False
+
+        def release() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                self.unmount(id)
+        try:
+            with os_errors(f"diff layer {id}"):
+                return export_changes(layer_root, changes, on_close=release)
         except BaseException:
             release()
             raise

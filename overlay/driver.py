@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Mapping
 
 from graphdrivers import faults
 from graphdrivers.kernel import statfs as fsinfo
@@ -41,7 +42,7 @@ from graphdrivers.driver import Change, Driver, os_errors
 from graphdrivers.errors import DriverError, InvalidOption, LayerNotFound, NotSupported
 from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
-from graphdrivers.options import Option, format_size, parse_options, parse_size
+from graphdrivers.options import Option, format_size, parse_bool, parse_options, parse_size
 from graphdrivers.store.layers import LOG as LAYER_LOG, LayerRecord
 from graphdrivers.store.refcount import RefCounter
 from graphdrivers.usage import tree_usage
@@ -54,6 +55,11 @@ from .apply import MERGED, UpperDir
 from .layout import (LINK_DIR, dir_name, id_of_link, layer_id_of, new_short_name, read_lowers,
                      read_text)
 from .whiteout import OVERLAY
+
+if TYPE_CHECKING:
+    from graphdrivers.check.findings import Finding
+
+log = logging.getLogger(__name__)
 
 faults.register(
     "overlay2",
@@ -114,6 +120,12 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
     OPTIONS = {
         "overlay2.size": Option(parse_size, 0, "default size limit of read-write layers "
                                                "(needs XFS with pquota)"),
+        # dockerd before 24.0 took it to skip the kernel-version check; there is no such
+        # check here (a test mount decides), so an old daemon.json keeps working unchanged
+        "overlay2.override_kernel_check": Option(parse_bool, False,
+                                                 "accepted for compatibility; changes nothing "
+                                                 "(a test mount, not the kernel version, "
+                                                 "decides)"),
     }
     LAYER_OPTIONS = {
         "size": Option(parse_size, None, "size limit of this read-write layer (XFS pquota)"),
@@ -123,6 +135,10 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
                  mount_method: str | None = None, naive_diff: bool | None = None):
         super().__init__(home, options)
         values = parse_options(options, self.OPTIONS)
+        self._override_kernel_check = values["overlay2.override_kernel_check"]
+        if self._override_kernel_check:
+            log.info("overlay2.override_kernel_check is accepted and changes nothing: "
+                     "overlay support is decided by a test mount")
         self._setup(values, mount_method, naive_diff)
 
     @classmethod
@@ -450,6 +466,29 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
         if not self._refs.others(merged):   # another live process still uses it
             self._drop_mount(merged)
 
+    # -- `graphdrivers check` (drivers/check/, check.py) ------------------------
+    def check_findings(self) -> list[Finding]:
+        from . import check
+        return check.findings(self)
+
+    def _quarantine_data(self, id: str, dest: Path) -> None:
+        layer = self._path(id)
+        if not os.path.lexists(layer):
+            return
+        if (layer / "merged").exists():
+            self._drop_mount(layer / "merged")     # a stale mount: nobody holds it (_busy)
+        short = read_text(layer / "link")
+        os.rename(layer, dest)
+        if short:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.home / LINK_DIR / short)
+
+    def _mount_layer(self, mountpoint: str) -> str | None:
+        parent, name = os.path.split(mountpoint)
+        if name == "merged" and os.path.dirname(parent) == str(self.home):
+            return layer_id_of(os.path.basename(parent))
+        return None
+
     # -- LayerMounts (capabilities.py) -------------------------------------------
     def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
         """Writable: an overlay of the parents under the layer's own upper dir (a bind of
@@ -500,7 +539,14 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
              "XFS project quota" if self._quota else f"unavailable: {self._quota_reason}"),
             ("Layers", str(len(self.layers()))),
         ]
+        if self._override_kernel_check:
+            rows.append(("Override Kernel Check", "accepted, changes nothing (overlay support "
+                                                  "is decided by a test mount)"))
         return rows
+
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        size = record.fields.get("size")
+        return {"size": str(size)} if size else {}
 
     def _metadata(self, record: LayerRecord) -> dict[str, str]:
         layer = self._path(record.id)

@@ -74,5 +74,6 @@ def test_run_finds_the_checkouts_suites():
     """The editable install's runner finds bench/ (it moved into a subpackage once and lost it)."""
     root = bench.repo_root()
     assert root == Path(__file__).resolve().parents[1]
+    assert bench.suites_dir() == root / "bench"
     for path in bench.SUITES.values():
-        assert (root / path).is_file(), path
+        assert (bench.suites_dir() / path).is_file(), path

@@ -126,7 +126,7 @@ def make_snapshot(vfs) -> None:
 
 def test_help_lists_every_command():
     out = run("--help").stdout.decode()
-    for command in ("drivers", "status", "layer", "pool", "serve", "bench"):
+    for command in ("drivers", "status", "layer", "pool", "check", "serve", "bench"):
         assert command in out
     layer_help = run("layer", "--help").stdout.decode()
     for action in ("create", "rm", "mount", "unmount", "ls", "diff", "apply", "changes"):
@@ -300,6 +300,23 @@ def test_progress_draws_on_a_terminal_only():
     assert "apply x" in shown.getvalue() and "100%" not in hidden.getvalue()
     assert "\rdone" in shown.getvalue() and shown.getvalue().endswith("\n")
     assert hidden.getvalue() == ""
+
+
+def test_progress_shows_time_left_when_the_total_is_known():
+    import io
+
+    from graphdrivers.cli.progress import Progress, format_duration
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    shown = Tty()
+    progress = Progress("migrate", 1000, stream=shown)
+    progress._start -= 10            # as if 10 s went by for the first 100 bytes
+    progress.update(100)
+    assert "10%" in shown.getvalue() and "1m30s left" in shown.getvalue()
+    assert [format_duration(s) for s in (4.4, 65, 7300)] == ["4s", "1m05s", "2h01m"]
 
 
 # -- errors -------------------------------------------------------------------

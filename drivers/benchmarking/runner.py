@@ -26,15 +26,28 @@ import sys
 import time
 from pathlib import Path
 
-SUITES = {"graphtest": "bench/test_graphtest.py", "fio": "bench/test_fio.py"}
+SUITES = {"graphtest": "test_graphtest.py", "fio": "test_fio.py"}
 HOST_DRIVERS = ("vfs", "overlay2", "btrfs")
 
 
+def suites_dir() -> Path:
+    """Where the suites are: in a wheel, bench/ is installed as
+    graphdrivers/benchmarking/suites (setup.cfg's package_dir); an editable install
+    runs them from the checkout's bench/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "suites", here.parents[1] / "bench"):
+        if (candidate / "conftest.py").exists():
+            return candidate
+    raise SystemExit("graphdrivers bench: the benchmark suites are not installed "
+                     f"(neither {here / 'suites'} nor a checkout's bench/)")
+
+
 def repo_root() -> Path:
-    """The source checkout holding bench/ (the package is installed editable from it)."""
+    """The source checkout (for scripts/vm-test, which only a checkout has)."""
     root = Path(__file__).resolve().parents[2]
-    if not (root / "bench" / "conftest.py").exists():
-        raise SystemExit("graphdrivers bench: the bench/ suites are not here; run from a source checkout")
+    if not (root / "scripts" / "vm-test").exists():
+        raise SystemExit("graphdrivers bench: devicemapper runs in the VM of a source "
+                         "checkout (scripts/vm-test); this kernel has no device-mapper")
     return root
 
 
@@ -91,7 +104,7 @@ def _bench_env(args: argparse.Namespace, drivers: list[str]) -> dict[str, str]:
 
 
 def _pytest_args(suite: str, json_path: Path) -> list[str]:
-    return [SUITES[suite], "--benchmark-enable", f"--benchmark-json={json_path}",
+    return [str(suites_dir() / SUITES[suite]), "--benchmark-enable", f"--benchmark-json={json_path}",
             "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
             "-p", "no:cacheprovider", "-v", "-rs"]     # -v: one line per case = progress
 
@@ -118,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.block_device and not args.yes_destroy_data:
         _say(f"--block-device {args.block_device} wipes it: add --yes-destroy-data to confirm")
         return 2
-    root = repo_root()
+    suites_home = suites_dir()
     out = Path(args.out).resolve()
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -144,10 +157,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                  f"{' (' + args.block_device + ')' if args.block_device else ' (zram)'}")
             env = dict(os.environ, **_bench_env(args, host))
             cmd = [sys.executable, "-m", "pytest", *_pytest_args(suite, raw / f"{suite}.json")]
-            rc = _run(cmd, root, env, raw / f"{suite}.log")
+            rc = _run(cmd, suites_home, env, raw / f"{suite}.log")
             status = status or (rc if rc not in (0, 5) else 0)
         if vm:
             _say(f"[{n}/{len(suites)}] {suite}: devicemapper in the VM (scripts/vm-test)")
+            root = repo_root()
             vm_env = _bench_env(args, ["devicemapper"])
             vm_env["GRAPHDRIVERS_BENCH_DEVICE"] = ""     # the VM's own disks, never the host's
             cmd = [str(root / "scripts" / "vm-test"), "--vm-rwdir", str(raw), "--vm-disks", "3",

@@ -3,7 +3,7 @@
 argparse (stdlib) rather than click or typer: no dependency to install next
 to a storage daemon, nested subcommands (``layer create``) are built in, and
 its import is cheap, so ``graphdrivers --help`` starts in tens of
-milliseconds. Command groups live in layer.py and pool.py, their shared helpers in common.py; every
+milliseconds. Command groups live in layer.py, pool.py and migrate.py, their shared helpers in common.py; every
 heavy import (stevedore, a driver, the plugin server) happens inside the
 command that needs it.
 
@@ -57,14 +57,18 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     driver = open_driver(args)
     status = driver.status()
+    notes = {key: note for key, note in driver.status_notes().items()
+             if key in dict(status)}
     if args.json:
         emit_json({"driver": driver.name, "home": str(driver.home),
-                   "status": {key: value for key, value in status}})
+                   "status": {key: value for key, value in status}, "notes": notes})
         return 0
     print(f"Storage Driver: {driver.name}")
     print(f" Home: {driver.home}")
     for key, value in status:
-        print(f" {key}: {value}")
+        print(f" {key}: {value}{' (*)' if key in notes else ''}")
+    for key, note in notes.items():   # rows that do not mean what they mean in Docker
+        print(f"(*) {key}: {note}")
     return 0
 
 
@@ -76,6 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise
         raise CliError("the plugin server (graphdrivers.servers.docker_plugin) is not installed") from None
     extra = {"name": args.name} if args.name else {}
+    if args.metrics_addr:
+        extra["metrics_addr"] = args.metrics_addr
     result = plugin.serve(args.driver, args.home, driver_options(args), args.socket, **extra)
     return result if isinstance(result, int) else 0
 
@@ -88,7 +94,8 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
             raise
         raise CliError(f"the containerd snapshotter needs grpcio and protobuf ({exc.name} is "
                        "missing): pip install grpcio protobuf") from None
-    return server.serve(args.driver, args.home, driver_options(args), args.socket)
+    return server.serve(args.driver, args.home, driver_options(args), args.socket,
+                        metrics_addr=args.metrics_addr)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -108,8 +115,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from graphdrivers.cli import check as cli_check
     from graphdrivers.cli import layer as cli_layer
+    from graphdrivers.cli import migrate as cli_migrate
     from graphdrivers.cli import pool as cli_pool
+    from graphdrivers.cli import config as cli_config
+    from graphdrivers.cli import metrics as cli_metrics
+    from graphdrivers.cli import shell as cli_shell
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -132,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_layer.add_commands(commands, common)
     cli_pool.add_commands(commands, common)
+    cli_migrate.add_commands(commands, common)
+    cli_check.add_commands(commands, common)
+    cli_config.add_commands(commands, common)
 
     p = commands.add_parser("serve", parents=[common],
                             help="serve Docker's graph driver plugin protocol on a unix socket")
@@ -139,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="socket to listen on (default: /run/docker/plugins/<name>.sock)")
     p.add_argument("--name", help="plugin name for dockerd --storage-driver "
                                   "(default: graphdrivers-<driver>)")
+    add_metrics_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("snapshotter", parents=[common],
@@ -148,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="socket to listen on (default: /run/graphdrivers/snapshotter-<driver>.sock)")
     p.add_argument("--storage-opt", metavar="K=V", action="append", default=argparse.SUPPRESS,
                    help="driver option, as before the command (repeatable)")
+    add_metrics_option(p)
     p.set_defaults(func=cmd_snapshotter)
+
+    cli_metrics.add_commands(commands, common)
+    cli_shell.add_commands(commands, common)
 
     p = commands.add_parser("bench", add_help=False, prefix_chars="\0",
                             help="run the benchmark suites and write a report "
@@ -160,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
     """--home, --driver, --json; real defaults at the top, SUPPRESS on subcommands
-    so ``graphdrivers layer ls --home H`` and ``graphdrivers --home H layer ls`` agree."""
+    so ``graphdrivers layer ls --home H`` and ``graphdrivers --home H layer ls`` agree.
+    Top-level defaults are marked (config.Default) so the config file can replace them."""
+    from graphdrivers.cli.config import LOG_FORMATS, LOG_LEVELS, Default, DefaultList
     default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
-    parser.add_argument("--home", metavar="DIR", default=default(default_home()),
+    parser.add_argument("--home", metavar="DIR", default=default(Default(default_home())),
                         help="where the driver keeps its state "
                              "(default: $GRAPHDRIVERS_HOME or /var/lib/graphdrivers)")
     parser.add_argument("--driver", "-s", metavar="NAME", default=default(None),
@@ -170,10 +192,31 @@ def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
                              "else the first that works here)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="machine-readable output (read commands)")
+    parser.add_argument("--config", metavar="FILE", default=default(None),
+                        help="configuration file (default: $GRAPHDRIVERS_CONFIG or "
+                             "/etc/graphdrivers/config.toml if it exists)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower, default=default(None),
+                        help="least severe log messages shown (default: warning; "
+                             "info for the servers)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=default(None),
+                        help="log lines as text or as one JSON object each (default: text)")
     if top_level:
-        parser.add_argument("--storage-opt", metavar="K=V", action="append", default=[],
+        parser.add_argument("--storage-opt", metavar="K=V", action="append", default=DefaultList(),
                             help="driver option with Docker's spelling, e.g. dm.basesize=20G "
                                  "(repeatable)")
+
+
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    from graphdrivers.cli.config import metrics_address
+
+    def address(text: str) -> str:
+        try:
+            return metrics_address(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parser.add_argument("--metrics-addr", metavar="HOST:PORT|unix:PATH", type=address,
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics or on a "
+                             "unix socket (default: none)")
 
 
 def common_parent() -> argparse.ArgumentParser:
@@ -188,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from graphdrivers.cli.config import resolve
+        args.effective_config = resolve(args)
+        from graphdrivers import logs
+        logs.configure(args.log_level, args.log_format)
         return args.func(args) or 0
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: interrupted\n")

@@ -81,6 +81,9 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--parent", "-p", metavar="ID")
     p.set_defaults(func=cmd_size)
 
+    from graphdrivers.cli import layer_info
+    layer_info.add_commands(sub, common)
+
 
 # -- commands ---------------------------------------------------------------
 

@@ -16,8 +16,19 @@ from graphdrivers.options import format_size
 _INTERVAL = 0.1   # seconds between redraws
 
 
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h10m``: time left, as an operator reads it."""
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02}m"
+
+
 class Progress:
-    """A byte counter drawn as ``label  12.3 MB / 200 MB  6%  45 MB/s``."""
+    """A byte counter drawn as ``label  12.3 MB / 200 MB  6%  45 MB/s  4s left``; the
+    label may change between updates (``layer 3/20``)."""
 
     def __init__(self, label: str, total: int | None = None, *,
                  stream: TextIO | None = None, enabled: bool | None = None):
@@ -57,7 +68,10 @@ class Progress:
         if self.total:
             parts[-1] += f" / {format_size(self.total)}"
             parts.append(f"{min(100, self.done * 100 // self.total)}%")
-        parts.append(f"{format_size(self.done / elapsed)}/s")
+        rate = self.done / elapsed
+        parts.append(f"{format_size(rate)}/s")
+        if self.total and rate > 0 and self.done < self.total:
+            parts.append(f"{format_duration((self.total - self.done) / rate)} left")
         line = "  ".join(parts)
         self._width = max(self._width, len(line))
         self.stream.write("\r" + line.ljust(self._width))

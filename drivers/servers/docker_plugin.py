@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -301,12 +302,31 @@ class PluginServer:
 
     def __init__(self, driver_name: str | None, home: str | os.PathLike | None,
                  options: Mapping[str, str] | None, socket_path: str | os.PathLike | None = None,
-                 *, name: str | None = None, state_dir: str | os.PathLike | None = None):
+                 *, name: str | None = None, state_dir: str | os.PathLike | None = None,
+                 metrics_addr: str | None = None):
+        from graphdrivers.servers.notify import listen_fds
         self.name = name or plugin_name(driver_name)
-        self.socket_path = Path(socket_path) if socket_path else default_socket(self.name)
+        activated = listen_fds()
+        if activated:   # systemd's socket unit listens; the path is its ListenStream=
+            with socket.socket(fileno=os.dup(activated[0])) as listening:
+                self.socket_path = Path(listening.getsockname())
+        else:
+            self.socket_path = Path(socket_path) if socket_path else default_socket(self.name)
         state = Path(state_dir or os.environ.get("GRAPHDRIVERS_PLUGIN_STATE") or STATE_DIR)
         self.plugin = GraphDriverPlugin(driver_name, home, options, state / f"{self.name}.json")
-        self.http = UnixHTTPServer(self.socket_path, self.plugin.dispatch)
+        self.http = UnixHTTPServer(self.socket_path, self.plugin.dispatch,
+                                   listen_fd=activated[0] if activated else None)
+        self.metrics = None
+        if metrics_addr:
+            self.start_metrics(metrics_addr)
+
+    def start_metrics(self, address: str) -> None:
+        """Count every request and serve the registry on ``address`` (HOST:PORT or unix:)."""
+        from graphdrivers.servers.metrics import Metrics, MetricsEndpoint
+        metrics = Metrics("docker_plugin", lambda: self.plugin._driver)
+        self.http.observe = lambda method, status, seconds: metrics.observe(
+            method.removeprefix("GraphDriver."), str(status) if status >= 400 else None, seconds)
+        self.metrics = MetricsEndpoint(address, metrics.registry)
 
     def serve_forever(self) -> None:
         self.http.serve_forever(poll_interval=0.2)
@@ -319,35 +339,40 @@ class PluginServer:
         # Mounted layers stay mounted: running containers use them, and the next plugin
         # process (or dockerd's Cleanup) takes over. Only Cleanup unmounts.
         self.http.close(grace)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.plugin._driver is not None:
             self.plugin._driver.release()   # the next server adopts the mounts
 
 
 def _setup_logging() -> None:
-    """A daemon logs to stderr (journald picks it up); GRAPHDRIVERS_DEBUG=1 logs every call."""
-    debug = os.environ.get("GRAPHDRIVERS_DEBUG", "") not in ("", "0")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("graphdrivers").setLevel(logging.DEBUG if debug else logging.INFO)
+    """Run as a library call (not from the CLI): stderr, info, debug with GRAPHDRIVERS_DEBUG=1."""
+    from graphdrivers import logs
+    if not logs.configured():
+        debug = os.environ.get("GRAPHDRIVERS_DEBUG", "") not in ("", "0")
+        logs.configure("debug" if debug else "info")
 
 
 def serve(driver_name: str | None, home: str | os.PathLike | None,
           options: Mapping[str, str] | None, socket_path: str | os.PathLike | None,
-          *, name: str | None = None, state_dir: str | os.PathLike | None = None) -> None:
+          *, name: str | None = None, state_dir: str | os.PathLike | None = None,
+          metrics_addr: str | None = None) -> None:
     """Serve the plugin until SIGTERM or SIGINT.
 
     ``home`` None keeps the layers where dockerd's Init says (``<data-root>/<name>``);
     a home given here wins over Init's. ``options`` are merged under Init's Opts.
     """
+    from graphdrivers.servers.notify import notify, notify_when_ready
     _setup_logging()
     server = PluginServer(driver_name, home, options, socket_path, name=name,
-                          state_dir=state_dir)
+                          state_dir=state_dir, metrics_addr=metrics_addr)
     stopping = threading.Event()
 
     def on_signal(signum, frame):
         if not stopping.is_set():
             stopping.set()
             log.info("signal %d: stopping", signum)
+            notify("STOPPING=1")
             threading.Thread(target=server.shutdown, daemon=True).start()
 
     if threading.current_thread() is threading.main_thread():
@@ -356,8 +381,20 @@ def serve(driver_name: str | None, home: str | os.PathLike | None,
     log.info("serving Docker graph driver plugin %r on unix://%s (dockerd --experimental "
              "--storage-driver %s)", server.name, server.socket_path, server.name)
     started = time.monotonic()
+    notify_when_ready(lambda: answers(server.socket_path),
+                      f"serving {server.name} on {server.socket_path}")
     try:
         server.serve_forever()
     finally:
         server.close()
         log.info("plugin %r stopped after %.0f s", server.name, time.monotonic() - started)
+
+
+def answers(path: str | os.PathLike, timeout: float = 5.0) -> bool:
+    """Whether the plugin answers /Plugin.Activate on ``path`` (the readiness probe)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(os.fspath(path))
+        sock.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\n"
+                     b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        return sock.recv(64).startswith(b"HTTP/1.1 200 ")

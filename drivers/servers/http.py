@@ -171,7 +171,9 @@ class Request:
     def send_stream(self, stream: BinaryIO, content_type: str = "application/x-tar") -> int:
         """Send ``stream`` as a chunked body. A failure midway aborts the connection
         without the final chunk, so the client sees a truncated transfer, never a
-        short but well-formed body."""
+        short but well-formed body. The stream is closed before the final chunk: what it
+        holds (a diff's mounts) is released by the time the client has read the end, so
+        a Remove sent right after the body finds the layer free."""
         self.status = 200
         h = self._handler
         h.send_response(200)
@@ -185,6 +187,7 @@ class Request:
                 if not data:
                     break
                 writer.write(data)
+            stream.close()
         except BaseException:
             h.close_connection = True
             raise
@@ -242,8 +245,11 @@ class PluginRequestHandler(BaseHTTPRequestHandler):
             self.server.request_finished()
             status = request.status if request else 400
             note = f" {request.note}" if request and request.note else ""
-            log.debug("POST %s -> %s in %.1f ms%s", self.path, status,
-                      (time.monotonic() - started) * 1000, note)
+            # every call at debug, with its time; a refused or failed one at warning
+            level = logging.WARNING if status >= 400 else logging.DEBUG
+            log.log(level, "POST %s -> %s in %.1f ms%s", self.path, status,
+                    (time.monotonic() - started) * 1000, note)
+            self.server.observe(path.lstrip("/"), status, time.monotonic() - started)
 
     def _finish_body(self) -> None:
         """Consume what the route left of the body so the next request parses cleanly;
@@ -292,11 +298,18 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
     request_queue_size = 1024
 
     def __init__(self, socket_path: str | os.PathLike, route: Callable[[Request], None],
-                 mode: int = 0o660):
+                 mode: int = 0o660, *, listen_fd: int | None = None):
         self.socket_path = Path(socket_path)
         self.route = route
         self._active = 0
         self._idle = threading.Condition()
+        self._activated = listen_fd is not None
+        if listen_fd is not None:   # socket activation: systemd bound it and keeps it
+            super().__init__(str(self.socket_path), PluginRequestHandler,
+                             bind_and_activate=False)
+            self.socket.close()
+            self.socket = socket.socket(fileno=listen_fd)
+            return
         _claim_socket_path(self.socket_path)
         super().__init__(str(self.socket_path), PluginRequestHandler, bind_and_activate=False)
         try:
@@ -310,6 +323,9 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         except BaseException:
             self.server_close()
             raise
+
+    def observe(self, method: str, status: int, seconds: float) -> None:
+        """Called after every request (metrics hook); nothing by default."""
 
     def request_started(self) -> None:
         with self._idle:
@@ -329,7 +345,7 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         """Stop listening, let in-flight requests finish (up to ``grace`` s), remove the socket."""
         self.socket.close()
         try:
-            if self.socket_path.is_socket():
+            if self.socket_path.is_socket() and not self._activated:
                 self.socket_path.unlink()
         except FileNotFoundError:
             pass

@@ -10,6 +10,7 @@ Layout, under a run directory that only lives as long as this boot:
     /run/graphdrivers/<boot id>/<home dev>-<home inode>/
         holds/<mount key>@<pid>-<start time>-<n>   driver instance n holds that mount
         locks/<layer id>                        flock(2) target of that id
+        inflight/<layer id>                     an apply_diff in progress (holds its owner)
         probe-<name>.json                       what a start-up check found this boot
 
 A hold whose process is gone (or whose pid was reused: the start time differs)
@@ -73,6 +74,7 @@ class HomeRun:
         # plain strings on the hot paths: pathlib costs more than the syscalls here
         self._holds = str(self.dir / "holds")
         self._locks = str(self.dir / "locks")
+        self._inflight = str(self.dir / "inflight")
         self._prefix = self.home.rstrip("/") + "/"
         self._owner: tuple[int, str] | None = None
         self._idle: dict[str, LockHandle] = {}      # unlocked lock files kept open, oldest first
@@ -185,6 +187,58 @@ class HomeRun:
             if name.endswith(suffix):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{self._holds}/{name}")
+
+    # -- work in flight --------------------------------------------------------
+    @contextlib.contextmanager
+    def in_flight(self, layer_id: str) -> Iterator[None]:
+        """Mark ``layer_id`` as being changed in place by this instance (an apply_diff)
+        for the length of the block. A process killed inside leaves the mark behind, and
+        ``abandoned()`` names the layer: its content is half made, which no load can tell
+        from the data alone. Not flushed: a power cut ends the boot, and with it this
+        directory (what an apply wrote is then as durable as the kernel made it)."""
+        path = f"{self._inflight}/{layer_id}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            os.makedirs(self._inflight, mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, self.owner().encode())
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def abandoned(self) -> list[str]:
+        """Ids whose in-place change was left unfinished by a process that ended."""
+        try:
+            names = os.listdir(self._inflight)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            try:
+                with open(f"{self._inflight}/{name}") as f:
+                    owner = f.read()
+            except FileNotFoundError:
+                continue
+            if owner != self.owner() and not _alive(owner):
+                found.append(name)
+        return sorted(found)
+
+    def clear_abandoned(self, layer_id: str) -> None:
+        """Drop the mark ``in_flight`` left for ``layer_id`` (the layer was dealt with)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{self._inflight}/{layer_id}")
+
+    def live_holders(self, path: str) -> list[int]:
+        """Pids of every live process holding the mount at ``path``, this one included."""
+        prefix = f"{self._key(path)}{_SEP}"
+        mine = any(n == prefix + self.owner() for n in self._hold_names())
+        return sorted(set(self.other_holders(path)) | ({os.getpid()} if mine else set()))
 
     # -- id locks --------------------------------------------------------------
     def lock(self, layer_id: str) -> LockHandle:

@@ -34,7 +34,7 @@ import os
 import threading
 from typing import Callable, Iterable, Iterator
 
-from graphdrivers.errors import DriverError
+from graphdrivers.errors import DriverError, from_os_error
 from graphdrivers.kernel.fallocate import reserve
 from graphdrivers.store.atomicfile import remove_stale_temps, write_atomic
 
@@ -133,13 +133,17 @@ class JournalState:
                 finally:
                     os.close(fd)
         except OSError as exc:
+            outcome = "the change was undone"
             if undo:
-                with contextlib.suppress(Exception):
+                try:
                     with self._locked():
                         self._refresh()
                         self._commit(undo)
+                except Exception:           # noqa: BLE001  (the disk that failed the flush)
+                    outcome = ("undoing it failed too: load the home again once the disk "
+                               "is healthy (what is on disk is the store's truth)")
             raise DriverError(f"the {self.WHAT} {self._log} could not be flushed to disk "
-                              f"({exc.strerror or exc}); the change was undone; the disk or "
+                              f"({exc.strerror or exc}); {outcome}; the disk or "
                               "its filesystem is failing (check the kernel log)") from exc
 
     @contextlib.contextmanager
@@ -150,7 +154,14 @@ class JournalState:
             yield
 
     def _refresh(self) -> None:
-        """Catch up with the file, if anyone changed it since we last looked (one stat)."""
+        """Catch up with the file, if anyone changed it since we last looked (one stat).
+        A failing disk is a DriverError here, as everywhere (errors.from_os_error)."""
+        try:
+            self._catch_up()
+        except OSError as exc:
+            raise from_os_error(exc, f"read the {self.WHAT} {self._log}") from exc
+
+    def _catch_up(self) -> None:
         try:
             st = os.stat(self._log)
         except FileNotFoundError:
@@ -170,6 +181,12 @@ class JournalState:
         """Write ``lines`` (under the flock, after _refresh): appended, or a fresh file.
         An append is flushed when the thread leaves ``_locked``; ``undo``: the lines that
         take the change back if that flush fails."""
+        try:
+            self._write(lines, undo)
+        except OSError as exc:
+            raise from_os_error(exc, f"write the {self.WHAT} {self._log}") from exc
+
+    def _write(self, lines: list[dict], undo: list[dict] | None) -> None:
         if self._lines >= _COMPACT_MIN and self._lines > 2 * self._count():
             for line in lines:
                 self._apply_counted(line)

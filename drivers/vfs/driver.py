@@ -17,6 +17,7 @@ first load moves those into the store.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -26,13 +27,15 @@ from typing import Any, Iterable, Mapping
 from graphdrivers import faults
 from graphdrivers.kernel import mount as mnt
 from graphdrivers.kernel.statfs import fs_name
+from graphdrivers.kernel import sync
 from graphdrivers.vfs.copy import copy_tree
-from graphdrivers.capabilities import LayerMounts, MountSpec, Usage
+from graphdrivers.check.findings import DATA_WITHOUT_LAYER, Finding
+from graphdrivers.capabilities import DiffFromChanges, LayerMounts, MountSpec, Usage
 from graphdrivers.driver import Driver, os_errors
 from graphdrivers.errors import InvalidOption
 from graphdrivers.layerid import check_id, is_valid_id
 from graphdrivers.naivediff import NaiveDiff
-from graphdrivers.options import Option, parse_options, parse_size
+from graphdrivers.options import Option, format_size, parse_options, parse_size
 from graphdrivers.store.layers import LayerRecord, legacy_record
 from graphdrivers.store.refcount import RefCounter
 from graphdrivers.usage import tree_usage
@@ -46,15 +49,17 @@ faults.register(
     "vfs.create.after_rename",
     "vfs.remove.after_rename")
 
-class VfsDriver(NaiveDiff, LayerMounts, Driver):
+class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
     name = "vfs"
-    OPTIONS: Mapping[str, Option] = {}
+    # Docker's vfs takes ``size`` driver-wide too: the default quota of read-write layers
+    OPTIONS: Mapping[str, Option] = {
+        "size": Option(parse_size, 0, "default quota of read-write layers (needs project quotas)")}
     LAYER_OPTIONS: Mapping[str, Option] = {
         "size": Option(parse_size, 0, "quota of a read-write layer (needs project quotas)")}
 
     def __init__(self, home: str | os.PathLike, options: Mapping[str, str] | None = None):
         super().__init__(home, options)
-        parse_options(options, self.OPTIONS, what="vfs driver option")
+        self._default_size = parse_options(options, self.OPTIONS, what="vfs driver option")["size"]
         self._dir = self.home / "dir"
         self._dir_s = str(self._dir)
         self._tmp = self.home / "tmp"
@@ -63,6 +68,11 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
         self._refs = RefCounter(lambda _path: False, self.home_run)   # never a real mount
         self._quota = None
         self._quota_reason = ""
+        if self._default_size:      # refused at load, as overlay2.size is, not at the first create
+            self._quota, self._quota_reason = quota_control(self._dir)
+            if self._quota is None:
+                raise InvalidOption(f"vfs driver option size={options.get('size')}: "
+                                    f"{self._quota_reason}")
         self._recover()
         self._open_store()
         shutil.rmtree(self.home / "meta", ignore_errors=True)   # old records, in the store now
@@ -80,7 +90,9 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
             yield legacy_record(self.home, layer_id)
 
     def _data_ids(self) -> list[str]:
-        return [e.name for e in os.scandir(self._dir) if is_valid_id(e.name)]
+        # directories only: a file with a layer's name is no layer's data (check reports it)
+        return [e.name for e in os.scandir(self._dir)
+                if is_valid_id(e.name) and e.is_dir(follow_symlinks=False)]
 
     # -- paths ---------------------------------------------------------------
     def _layer(self, id: str) -> pathlib.Path:
@@ -92,7 +104,7 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
     # -- hooks of the Driver template ------------------------------------------
     def _create_options(self, storage_opt: Mapping[str, str] | None, rw: bool) -> int:
         if not storage_opt:
-            return 0
+            return self._default_size if rw else 0
         if not rw:
             raise InvalidOption("--storage-opt is not supported for vfs on read-only layers; "
                                 "only read-write (container) layers take a size")
@@ -119,6 +131,11 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
                 self._quota.set_quota(stage, size)      # type: ignore[union-attr]
             if parent is not None:
                 copy_tree(self._layer(parent.id), stage)
+                # the copy on disk before the record: a power cut after the create
+                # returned could otherwise leave the record with a tree of empty files
+                # (found by the power-cut replay), which no later load can tell from a
+                # complete one; an empty layer needs no flush (a lost one is rebuilt)
+                _flush_filesystem(stage)
             faults.point("vfs.create.after_copy")
             os.rename(stage, self._layer(record.id))
         except BaseException:
@@ -159,8 +176,32 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
         if self._refs.count(path):
             self._refs.decrement(path)
 
+    def _layer_options(self, record: LayerRecord) -> dict[str, str]:
+        size = record.fields.get("size")
+        return {"size": str(size)} if size else {}
+
     def _metadata(self, record: LayerRecord) -> dict[str, Any]:
         return {"Dir": str(self._layer(record.id))}
+
+    # -- `graphdrivers check` (drivers/check/) ------------------------------------
+    def check_findings(self) -> list[Finding]:
+        """Entries in dir/ that no layer name can take (a file, a bad name): nothing of
+        the layer store points at them, and load leaves them alone."""
+        found = []
+        for entry in os.scandir(self._dir):
+            if is_valid_id(entry.name) and entry.is_dir(follow_symlinks=False):
+                continue
+            found.append(Finding(DATA_WITHOUT_LAYER, entry.path,
+                                 "an entry in dir/ that is not a layer (no valid layer id, "
+                                 "or not a directory)", "delete it",
+                                 lambda path=entry.path: _remove_entry(path)))
+        return found
+
+    def _quarantine_data(self, id: str, dest: pathlib.Path) -> None:
+        path = self._layer(id)
+        if os.path.lexists(path):
+            mnt.unmount_all_under(path)
+            os.rename(path, dest)
 
     # -- LayerMounts (capabilities.py) -------------------------------------------
     def layer_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
@@ -175,8 +216,10 @@ class VfsDriver(NaiveDiff, LayerMounts, Driver):
 
     # -- the rest of the interface ----------------------------------------------
     def status(self) -> list[tuple[str, str]]:
-        return [("Backing Filesystem", fs_name(self.home)),
-                ("Layers", str(len(self.layers())))]
+        rows = [("Backing Filesystem", fs_name(self.home))]
+        if self._default_size:
+            rows.append(("Default Layer Size", format_size(self._default_size)))
+        return rows + [("Layers", str(len(self.layers())))]
 
     def cleanup(self) -> None:
         for path in self._refs.paths():
@@ -196,8 +239,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove_entry(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        mnt.unmount_all_under(path)
+        _rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def _rmtree(path: str | os.PathLike) -> None:
     try:
         shutil.rmtree(path)
     except FileNotFoundError:
         pass
+
+
+def _flush_filesystem(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sync.syncfs(fd)
+    finally:
+        os.close(fd)

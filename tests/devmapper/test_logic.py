@@ -298,3 +298,44 @@ def test_create_on_another_devices_id_deletes_nothing(tmp_path):
     _create(store, log, pool, "b", 1, stop_after="open")      # killed before its message
     TransactionLog(store, pool).recover()
     assert pool.ids == {1} and store.layer("a").device_id == 1 and store.transaction() is None
+
+
+def test_park_queues_a_record_and_frees_its_layer_id(tmp_path):
+    store = MetadataStore(tmp_path / "m")
+    store.save(DeviceRecord("a", 4, 1, initialized=True))
+    store.park(store.layer("a"))
+    assert store.layer("a") is None and store.layer_ids() == []
+    assert [(r.layer, r.device_id, r.deleted) for r in store.deleted()] == [("a", 4, True)]
+    store.save(DeviceRecord("a", 5, 1, initialized=True))     # the id made again at once
+    assert store.live_device_ids() == {5} and store.allocator().used == {4, 5}
+    store.unpark([4])
+    assert store.deleted() == [] and store.allocator().used == {5}
+
+
+@pytest.mark.parametrize("deleted_before_crash", [0, 1, 2])
+def test_interrupted_batch_delete_of_queued_devices_is_finished(tmp_path, deleted_before_crash):
+    pool, store = MessagePool(), MetadataStore(tmp_path / "m")
+    log = TransactionLog(store, pool)
+    for layer, device_id in (("a", 1), ("b", 2), ("keep", 3)):
+        _create(store, log, pool, layer, device_id)
+    for layer in ("a", "b"):
+        store.park(store.layer(layer))
+    _ABANDONED.append(log.open("delete-parked", "remove", "", 1, [1, 2]))
+    _ABANDONED[-1].__enter__()
+    for device_id in [1, 2][:deleted_before_crash]:
+        pool.delete_thin(device_id)
+    assert store.allocator().is_used(1) and store.allocator().is_used(2)
+    TransactionLog(store, pool).recover()
+    assert pool.ids == {3} and store.deleted() == [] and store.layer("keep").device_id == 3
+
+
+def test_batch_recovery_never_deletes_a_live_records_device(tmp_path):
+    pool, store = MessagePool(), MetadataStore(tmp_path / "m")
+    log = TransactionLog(store, pool)
+    _create(store, log, pool, "keep", 3)
+    # a queued record naming a live layer's device (damage, or a crash's double record)
+    store.save(DeviceRecord("gone", 3, 1, deleted=True))
+    _ABANDONED.append(log.open("delete-parked", "remove", "", 3, [3]))
+    _ABANDONED[-1].__enter__()
+    TransactionLog(store, pool).recover()
+    assert pool.ids == {3} and store.layer("keep").device_id == 3

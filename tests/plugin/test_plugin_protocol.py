@@ -136,6 +136,23 @@ def test_chunked_apply_diff_of_multi_mb_tar_and_streamed_diff(client):
     assert whole["bin/big"] == big
 
 
+def test_a_layer_is_free_once_its_diff_has_been_read(client, plugin_env):
+    """dockerd may remove a layer right after reading its Diff, on another of its
+    pooled connections: by the time the body's end arrives, the diff's mount is
+    released (it once was released only after the final chunk had gone out)."""
+    other = Client(plugin_env["socket"])
+    try:
+        for i in range(100):
+            layer = f"free{i}"
+            client.ok("GraphDriver.Create", {"ID": layer})
+            status, _ = client.apply_diff(layer, None, chunks(tar_bytes({"f": b"x" * 100})))
+            assert status == 200
+            assert client.diff(layer).read()
+            other.ok("GraphDriver.Remove", {"ID": layer})
+    finally:
+        other.close()
+
+
 def _diff_bytes(client: Client, layer: str, parent: str | None):
     response = client.diff(layer, parent)
     assert response.status == 200

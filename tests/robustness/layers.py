@@ -23,7 +23,10 @@ def content(driver, layer: str) -> dict:
     return snap
 
 
-def make_tar(files: dict[str, bytes], deletes: tuple[str, ...] = ()) -> bytes:
+def make_tar(files: dict[str, bytes | str | None], deletes: tuple[str, ...] = ()) -> bytes:
+    """A layer tar: regular files (bytes), symlinks ('->target'), hard links ('=>target'),
+    whiteouts (None, or the names in ``deletes``); directories for the parents."""
+    files = {**files, **{name: None for name in deletes}}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         dirs = sorted({str(Path(n).parent) for n in files} - {"."})
@@ -31,15 +34,20 @@ def make_tar(files: dict[str, bytes], deletes: tuple[str, ...] = ()) -> bytes:
             info = tarfile.TarInfo(d)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
             tar.addfile(info)
-        for name in deletes:
-            p = Path(name)
-            info = tarfile.TarInfo(str(p.parent / (".wh." + p.name)))
-            info.mtime = 1_700_000_000
-            tar.addfile(info, io.BytesIO(b""))
         for name, data in files.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
+            info.mtime, info.mode = 1_700_000_000, 0o644
+            if data is None:
+                p = Path(name)
+                info.name = str(p.parent / (".wh." + p.name))
+                tar.addfile(info, io.BytesIO(b""))
+            elif isinstance(data, str):
+                info.type = tarfile.SYMTYPE if data.startswith("->") else tarfile.LNKTYPE
+                info.linkname = data[2:]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 

@@ -93,6 +93,17 @@ def test_directory_compared_by_mode_and_owner_not_mtime(trees):
     assert _kinds(compare_trees(new, old)) == [("/bin", C)]
 
 
+def test_user_xattr_only_changes_are_seen_on_files_and_directories(trees):
+    old, new = trees
+    os.setxattr(new / "etc/hosts", "user.comment", b"changed")
+    os.setxattr(new / "var/lib", "user.owner", b"me")
+    os.setxattr(new / "bin/tool", "trusted.other", b"not kept by a layer tar")
+    assert _kinds(compare_trees(new, old)) == [("/etc", C), ("/etc/hosts", C),
+                                               ("/var", C), ("/var/lib", C)]
+    os.setxattr(old / "etc/hosts", "user.comment", b"changed")
+    assert ("/etc/hosts", C) not in _kinds(compare_trees(new, old))
+
+
 def test_no_parent_means_everything_added(tmp_path):
     build_tree(tmp_path / "t")
     changes = compare_trees(tmp_path / "t", None)

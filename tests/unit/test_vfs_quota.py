@@ -41,3 +41,32 @@ def test_size_limits_a_rw_layer(xfs_home):
         driver.remove("small")
     finally:
         driver.cleanup()
+
+
+def _fill(path, mib: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(b"\1" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def test_driver_wide_size_is_the_default_quota_of_rw_layers(xfs_home):
+    """Docker's vfs takes ``size`` driver-wide too: the default of every rw layer."""
+    driver = graphdrivers.load("vfs", xfs_home / "home", {"size": "20M"})
+    try:
+        driver.create("ro")                             # read-only: no quota
+        _fill(driver.mount("ro") / "big", 30)
+        driver.unmount("ro")
+        driver.create("base")
+        _fill(driver.mount("base") / "some", 5)
+        driver.unmount("base")
+        driver.create("c", "base", rw=True)             # the default applies
+        driver.create("wide", "base", rw=True, storage_opt={"size": "80M"})
+        with pytest.raises(OSError) as info:            # a vfs child is a full copy:
+            _fill(driver.mount("c") / "more", 30)        # 5 MiB of base + 30 > 20 MiB
+        assert info.value.errno in (errno.EDQUOT, errno.ENOSPC)
+        _fill(driver.mount("wide") / "more", 30)         # the layer's own size wins
+        assert dict(driver.status())["Default Layer Size"] == "20.97 MB"
+    finally:
+        driver.cleanup()

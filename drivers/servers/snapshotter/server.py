@@ -80,8 +80,10 @@ def _clear_stale_socket(path: Path) -> None:
 
 class SnapshotterServer:
     def __init__(self, driver_name: str | None, home: str | os.PathLike,
-                 options: Mapping[str, str] | None, socket_path: str | os.PathLike | None):
+                 options: Mapping[str, str] | None, socket_path: str | os.PathLike | None,
+                 metrics_addr: str | None = None):
         self.driver = registry.load(driver_name, home, options)
+        self.metrics = None
         self._home_fd = _hold_home(self.driver.home)
         try:
             self.model = Snapshotter(self.driver)
@@ -93,11 +95,19 @@ class SnapshotterServer:
             _clear_stale_socket(self.socket_path)
             self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS,
                                                                thread_name_prefix="snapshots"))
-            snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(self.model),
-                                                               self.grpc)
+            service = SnapshotsService(self.model)
+            snapshots_pb2_grpc.add_SnapshotsServicer_to_server(service, self.grpc)
+            if metrics_addr:
+                from graphdrivers.servers.metrics import Metrics, MetricsEndpoint
+                metrics = Metrics("snapshotter", lambda: self.driver)
+                service.observe = lambda method, outcome, seconds: metrics.observe(
+                    method, None if outcome == "OK" else outcome, seconds)
+                self.metrics = MetricsEndpoint(metrics_addr, metrics.registry)
             if not self.grpc.add_insecure_port(f"unix:{self.socket_path}"):
                 raise DriverError(f"cannot listen on {self.socket_path}")
         except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
             os.close(self._home_fd)
             raise
 
@@ -107,6 +117,8 @@ class SnapshotterServer:
 
     def stop(self, grace: float = 5.0) -> None:
         self.grpc.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self.driver.release()       # mounts stay; the next server adopts
@@ -114,21 +126,25 @@ class SnapshotterServer:
 
 
 def _setup_logging() -> None:
-    debug = os.environ.get("GRAPHDRIVERS_DEBUG", "") not in ("", "0")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("graphdrivers").setLevel(logging.DEBUG if debug else logging.INFO)
+    """Run as a library call (not from the CLI): stderr, info, debug with GRAPHDRIVERS_DEBUG=1."""
+    from graphdrivers import logs
+    if not logs.configured():
+        debug = os.environ.get("GRAPHDRIVERS_DEBUG", "") not in ("", "0")
+        logs.configure("debug" if debug else "info")
 
 
 def serve(driver_name: str | None, home: str | os.PathLike, options: Mapping[str, str] | None,
-          socket_path: str | os.PathLike | None) -> int:
-    """Serve until SIGTERM or SIGINT."""
+          socket_path: str | os.PathLike | None, *, metrics_addr: str | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; READY=1 to systemd once a call is answered.
+    (No socket activation: grpcio cannot take a listening socket it did not bind.)"""
+    from graphdrivers.servers.notify import notify, notify_when_ready
     _setup_logging()
-    server = SnapshotterServer(driver_name, home, options, socket_path)
+    server = SnapshotterServer(driver_name, home, options, socket_path, metrics_addr)
     stopping = threading.Event()
 
     def on_signal(signum, frame):
         log.info("signal %d: stopping", signum)
+        notify("STOPPING=1")
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -137,6 +153,8 @@ def serve(driver_name: str | None, home: str | os.PathLike, options: Mapping[str
     log.info("serving containerd snapshots API for the %s driver (%s) on unix://%s",
              server.driver.name, server.driver.home, server.socket_path)
     started = time.monotonic()
+    notify_when_ready(lambda: answers(server.socket_path),
+                      f"serving the {server.driver.name} driver on {server.socket_path}")
     try:
         while not stopping.wait(1.0):
             pass
@@ -144,3 +162,16 @@ def serve(driver_name: str | None, home: str | os.PathLike, options: Mapping[str
         server.stop()
         log.info("snapshotter stopped after %.0f s", time.monotonic() - started)
     return 0
+
+
+def answers(path: str | os.PathLike, timeout: float = 5.0) -> bool:
+    """Whether the server answers a Stat on ``path`` (the readiness probe): any reply
+    counts, NOT_FOUND for the probe's key included."""
+    from graphdrivers.servers.snapshotter import snapshots_pb2 as pb
+    with grpc.insecure_channel(f"unix:{os.fspath(path)}") as channel:
+        stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+        try:
+            stub.Stat(pb.StatSnapshotRequest(key="graphdrivers-readiness-probe"), timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.NOT_FOUND
+    return True

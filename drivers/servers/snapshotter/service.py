@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Callable, Iterator
 
 import grpc
@@ -45,24 +46,47 @@ def rpc(method: Callable) -> Callable:
     with the exception logged (never a dead server)."""
     @functools.wraps(method)
     def call(self, request, context: grpc.ServicerContext):
+        started = time.monotonic()
+        outcome = "OK"
         try:
             return method(self, request, context)
         except DriverError as exc:
-            log.info("%s: %s: %s", method.__name__, type(exc).__name__, exc)
+            outcome = code_of(exc).name
+            # "no such key" and "exists already" are answers containerd asks for
+            # (Stat before Prepare, unpack races); every other refusal is a warning
+            level = logging.INFO if outcome in _ANSWERS else logging.WARNING
+            log.log(level, "%s: %s: %s", method.__name__, type(exc).__name__, exc)
             context.abort(code_of(exc), str(exc) or type(exc).__name__)
         except grpc.RpcError:
+            outcome = "RPC_ERROR"
             raise
         except Exception as exc:  # noqa: BLE001 - a bug must not take the server down
             if type(exc).__name__ == "_AbortError":   # context.abort's own exception
                 raise
+            outcome = "INTERNAL"
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            seconds = time.monotonic() - started
+            log.debug("%s %s -> %s in %.1f ms", method.__name__, _key_of(request), outcome,
+                      seconds * 1000)
+            self.observe(method.__name__, outcome, seconds)
     return call
+
+
+_ANSWERS = ("NOT_FOUND", "ALREADY_EXISTS")
+
+
+def _key_of(request) -> str:
+    return getattr(request, "key", "") or getattr(request, "name", "") or ""
 
 
 class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
     def __init__(self, model: Snapshotter):
         self.model = model
+
+    def observe(self, method: str, outcome: str, seconds: float) -> None:
+        """Called after every call (metrics hook); nothing by default."""
 
     @rpc
     def Prepare(self, request, context):
