@@ -61,7 +61,12 @@ class JournalState:
         self._mutex = threading.RLock()       # flock does not exclude threads of one process
         self._seen: tuple[int, int] | None = None   # (inode, bytes parsed)
         self._lines = 0
-        self._flushing = threading.Lock()           # one fdatasync at a time; the others wait
+        # one fdatasync at a time; the others wait for it on the condition and, woken by
+        # its end, return if it covered their append (a plain lock would let the thread
+        # that just flushed take it again first, and the covered waiters sit through
+        # that next flush too, never appending meanwhile: no sharing)
+        self._flush_done = threading.Condition(threading.Lock())
+        self._flush_running = False
         self._durable = (0, 0)                      # (inode, bytes) known flushed
         self._pending = threading.local()           # this thread's lock depth and append to flush
         with self._locked():
@@ -115,23 +120,22 @@ class JournalState:
 
     def _make_durable(self, inode: int, end: int, undo: list[dict] | None) -> None:
         """Return once a flush covered the log up to ``end`` (this thread's append),
-        joining or starting the fdatasync another thread may be running."""
+        joining the fdatasync another thread may be running, or starting the next one."""
         try:
-            with self._flushing:
-                if self._durable[0] == inode and self._durable[1] >= end:
+            with self._flush_done:
+                while self._durable[0] != inode or self._durable[1] < end:
+                    if not self._flush_running:
+                        self._flush_running = True
+                        break
+                    self._flush_done.wait()
+                else:
                     return                      # a flush that started after our append
-                try:
-                    fd = os.open(self._log, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    return                      # replaced meanwhile: see below
-                try:
-                    st = os.fstat(fd)
-                    if st.st_ino != inode:
-                        return                  # a rewrite replaced it, flushing what it kept
-                    os.fdatasync(fd)
-                    self._durable = (inode, st.st_size)
-                finally:
-                    os.close(fd)
+            try:
+                self._flush(inode)
+            finally:
+                with self._flush_done:
+                    self._flush_running = False
+                    self._flush_done.notify_all()
         except OSError as exc:
             outcome = "the change was undone"
             if undo:
@@ -145,6 +149,22 @@ class JournalState:
             raise DriverError(f"the {self.WHAT} {self._log} could not be flushed to disk "
                               f"({exc.strerror or exc}); {outcome}; the disk or "
                               "its filesystem is failing (check the kernel log)") from exc
+
+    def _flush(self, inode: int) -> None:
+        """fdatasync the log (if it is still file ``inode``) and record what it covered."""
+        try:
+            fd = os.open(self._log, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return                              # replaced meanwhile: see below
+        try:
+            st = os.fstat(fd)
+            if st.st_ino != inode:
+                return                          # a rewrite replaced it, flushing what it kept
+            os.fdatasync(fd)
+            with self._flush_done:
+                self._durable = (inode, st.st_size)
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _current(self) -> Iterator[None]:

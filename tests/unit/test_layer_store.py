@@ -188,7 +188,8 @@ def test_parallel_adds_share_flushes_and_each_returns_flushed(tmp_path, monkeypa
         t.join()
     assert errors == []
     # one flush per add would be 160; sharing saves at least a quarter even when the
-    # machine is busy (seen: 36 to 80)
+    # machine is busy (seen: 36 to 80; 128 when a thread that had just flushed could take
+    # the flush lock again before the waiters it had covered woke up)
     assert len(covered) <= 120, f"{len(covered)} flushes for 160 adds: too few shared"
     assert len(LayerStore(tmp_path).ids()) == 160
 
