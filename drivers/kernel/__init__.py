@@ -1,2 +1,2 @@
-"""Calls into the kernel the drivers share: mounts, loop devices, statfs, project quotas,
+"""Calls into the kernel the drivers share: mounts, loop devices, statfs, syncfs, project quotas,
 ioctl request numbers."""
