@@ -285,6 +285,7 @@ class BtrfsDriver(NaiveDiff, LayerMounts, Driver):
             self._refs.forget(path)
         if self._stale_file().exists():
             self._destroy_stale_qgroups()
+        super().cleanup()
 
     # -- diffs -----------------------------------------------------------
     # NaiveDiff walks both trees. For a layer against the subvolume it was

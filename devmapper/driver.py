@@ -355,3 +355,4 @@ class DeviceMapperDriver(NaiveDiff, DiffFromChanges, ExternalMounts, PoolAdmin, 
         with self.devices.lock:
             self.devices.close()
             self.home_run.set_hold(self._pool_hold, 0)
+        super().cleanup()

@@ -272,7 +272,11 @@ class Driver(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def cleanup(self) -> None: ...
+    def cleanup(self) -> None:
+        """Release every mount this instance holds; a backend's cleanup ends with this
+        one, which closes the lock files kept open between operations (an instance
+        loaded and cleaned up again and again would otherwise keep a file per layer)."""
+        self.home_run.close_idle_locks()
 
     # -- diffs ----------------------------------------------------------
     def _diff_args(self, id: str, parent: str | None) -> tuple[LayerRecord, str | None]:

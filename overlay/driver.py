@@ -568,6 +568,7 @@ class Overlay2Driver(NaiveDiff, LayerMounts, Driver):
             self._refs.forget(path)
             if not found and path.endswith("/merged") and not self._refs.others(path):
                 self._drop_mount(path)
+        super().cleanup()
 
     # -- diffs (the template checked both ids and resolved the parent) ----------
     def _native(self, record: LayerRecord, parent: str | None) -> bool:

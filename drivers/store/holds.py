@@ -292,6 +292,11 @@ class HomeRun:
             os.unlink(f"{self._locks}/{layer_id}")
         self._forgotten.add(layer_id)
 
+    def close_idle_locks(self) -> None:
+        """Close the lock files kept open for the next operation (they reopen on demand)."""
+        with self._idle_guard:
+            self._drop_idle()
+
     def _drop_idle(self) -> None:
         for fd, _ in self._idle.values():
             os.close(fd)

@@ -227,6 +227,7 @@ class VfsDriver(NaiveDiff, DiffFromChanges, LayerMounts, Driver):
         if self._quota is not None:
             self._quota.close()
             self._quota = None
+        super().cleanup()
 
 
 def _alive(pid: int) -> bool:
