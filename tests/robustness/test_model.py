@@ -30,7 +30,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import graphdrivers
 from graphdrivers.errors import DriverError
 from graphdrivers.kernel.mount import mounts_under
 
