@@ -39,16 +39,7 @@ class NaiveDiff:
             self.unmount(id)
 
     def _diff(self, record: LayerRecord, parent: str | None) -> BinaryIO:
-        id = record.id
-        layer_root = self.mount(id)
-        closed = False
-
-        def release() -> None:
-            nonlocal closed
-            if not closed:
-                closed = True
-                self.unmount(id)
-        try:
+        def export(layer_root, release):
             if parent is None:
                 return export_tree(layer_root, fmt=self.whiteout_format, on_close=release)
             parent_root = self.mount(parent)
@@ -57,14 +48,11 @@ class NaiveDiff:
             finally:
                 self.unmount(parent)       # only the layer is read while streaming
             return export_changes(layer_root, changes, on_close=release)
-        except BaseException:
-            release()
-            raise
+        return self._streamed(record.id, export)
 
-    def diff_from_changes(self, id: str, changes: list[Change]) -> BinaryIO:
-        """capabilities.DiffFromChanges, for the drivers that declare it (their diff is
-        always this one): the layer's diff against its own parent from ``changes``."""
-        self._diff_args(id, None)           # type: ignore[attr-defined]
+    def _streamed(self, id: str, export) -> BinaryIO:
+        """``export(layer_root, release)``'s stream, with the layer mounted until the
+        stream is closed (``release`` runs once: at close, or now if export fails)."""
         layer_root = self.mount(id)
         closed = False
 
@@ -74,11 +62,18 @@ class NaiveDiff:
                 closed = True
                 self.unmount(id)
         try:
-            with os_errors(f"diff layer {id}"):
-                return export_changes(layer_root, changes, on_close=release)
+            return export(layer_root, release)
         except BaseException:
             release()
             raise
+
+    def diff_from_changes(self, id: str, changes: list[Change]) -> BinaryIO:
+        """capabilities.DiffFromChanges, for the drivers that declare it (their diff is
+        always this one): the layer's diff against its own parent from ``changes``."""
+        self._diff_args(id, None)           # type: ignore[attr-defined]
+        with os_errors(f"diff layer {id}"):
+            return self._streamed(id, lambda root, release: export_changes(
+                root, changes, on_close=release))
 
     def _changes(self, record: LayerRecord, parent: str | None) -> list[Change]:
         return self._with_both(record.id, parent, compare_trees)
